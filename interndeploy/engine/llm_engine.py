@@ -1,0 +1,182 @@
+"""The synchronous engine: one `step()` = schedule -> run -> postprocess -> outputs.
+
+Not thread-safe: the AsyncEngine calls it from one thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from ..config import EngineConfig
+from ..model_dir import ModelInfo
+from ..tokenizer import Tokenizer
+from ..worker.kv_cache import memory_report
+from ..worker.model_runner import ModelRunner, TokenLogprobs
+from .block_manager import BlockManager
+from .detokenizer import IncrementalDetokenizer
+from .request import EngineRequest, RequestOutput
+from .scheduler import Scheduler, SchedulerOutput
+from .sequence import FinishReason, Sequence
+
+logger = logging.getLogger("interndeploy")
+
+DEFAULT_MAX_BATCH_SIZE = 128
+
+
+@dataclass
+class _SampleState:
+    """One of a request's n samples: its sequence, detokenizer and what is not yet reported."""
+
+    seq: Sequence
+    detok: IncrementalDetokenizer
+    index: int
+    pending_text: str = ""
+    pending_ids: list[int] = field(default_factory=list)
+    pending_logprobs: list[TokenLogprobs] = field(default_factory=list)
+    reported_done: bool = False
+
+
+@dataclass
+class _RequestState:
+    req: EngineRequest
+    samples: list[_SampleState]
+
+
+@dataclass(slots=True)
+class EngineStats:
+    num_finished: int = 0  # requests finished since start
+    prompt_tokens: int = 0  # prompt tokens of admitted requests
+    generated_tokens: int = 0  # tokens sampled
+
+
+class LLMEngine:
+    def __init__(self, info: ModelInfo, cfg: EngineConfig, tokenizer: Tokenizer) -> None:
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.session_len = cfg.session_len or info.max_position_embeddings
+        self.max_batch_size = cfg.max_batch_size or DEFAULT_MAX_BATCH_SIZE
+        self.runner = ModelRunner(info, cfg, self.session_len, self.max_batch_size)
+        self.block_manager = BlockManager(self.runner.num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, self.max_batch_size, cfg.max_prefill_token_num)
+        self.requests: dict[str, _RequestState] = {}
+        self.by_seq: dict[int, tuple[_RequestState, _SampleState]] = {}
+        self.stats = EngineStats()
+        logger.info(memory_report(self.runner.weight_bytes, self.runner.kv, self.runner.device))
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    def add_request(self, req: EngineRequest) -> None:
+        if req.request_id in self.requests:
+            raise ValueError(f"request id {req.request_id} is already running")
+        max_total = min(self.session_len, len(req.prompt_token_ids) + req.params.max_new_tokens)
+        samples = []
+        now = time.monotonic()
+        for i in range(req.n):
+            seq = Sequence(list(req.prompt_token_ids), req.params, max_total_tokens=max_total, arrival_time=now)
+            detok = IncrementalDetokenizer(
+                self.tokenizer,
+                skip_special_tokens=req.skip_special_tokens,
+                spaces_between_special_tokens=req.spaces_between_special_tokens,
+                stop_strings=req.stop_strings,
+                include_stop_str_in_output=req.include_stop_str_in_output,
+            )
+            samples.append(_SampleState(seq, detok, i))
+        state = _RequestState(req, samples)
+        self.requests[req.request_id] = state
+        for sample in samples:
+            self.by_seq[sample.seq.seq_id] = (state, sample)
+            self.scheduler.add(sample.seq)
+        self.stats.prompt_tokens += len(req.prompt_token_ids) * req.n
+
+    def abort_request(self, request_id: str) -> list[RequestOutput]:
+        state = self.requests.get(request_id)
+        if state is None:
+            return []
+        for sample in state.samples:
+            self.scheduler.finish(sample.seq, FinishReason.ABORT)
+        return self._collect([state])
+
+    def step(self) -> list[RequestOutput]:
+        sched = self.scheduler.schedule()
+        touched = {id(self.by_seq[s.seq_id][0]): self.by_seq[s.seq_id][0] for s in sched.finished}
+        if not sched.is_empty:
+            result = self.runner.execute(sched)
+            self.scheduler.update(sched, result.sampled)
+            self._postprocess(sched, result.sampled, result.logprobs)
+            for item in sched.scheduled:
+                state = self.by_seq[item.seq.seq_id][0]
+                touched[id(state)] = state
+        return self._collect(list(touched.values()))
+
+    def _postprocess(self, sched: SchedulerOutput, sampled: dict[int, int], logprobs: dict) -> None:
+        for item in sched.scheduled:
+            seq = item.seq
+            token = sampled.get(seq.seq_id)
+            if token is None or seq.is_finished:
+                continue
+            self.stats.generated_tokens += 1
+            state, sample = self.by_seq[seq.seq_id]
+            params = seq.params
+            if not params.ignore_eos and token in params.stop_token_ids:
+                self.scheduler.finish(seq, FinishReason.STOP)
+                continue
+            sample.pending_ids.append(token)
+            if seq.seq_id in logprobs:
+                sample.pending_logprobs.append(logprobs[seq.seq_id])
+            sample.pending_text += sample.detok.step([token])
+            if sample.detok.stopped:
+                self.scheduler.finish(seq, FinishReason.STOP)
+            elif seq.num_output_tokens >= params.max_new_tokens or len(seq) >= seq.max_total_tokens:
+                self.scheduler.finish(seq, FinishReason.LENGTH)
+
+    def _collect(self, states: list[_RequestState]) -> list[RequestOutput]:
+        """Turn what the touched requests' samples gained into outputs; forget finished requests."""
+        outputs = []
+        for state in states:
+            for sample in state.samples:
+                if sample.reported_done:
+                    continue
+                seq = sample.seq
+                done = seq.is_finished
+                text = sample.pending_text
+                if done and not sample.detok.stopped:
+                    text += sample.detok.flush()
+                if not (text or sample.pending_ids or done):
+                    continue
+                outputs.append(
+                    RequestOutput(
+                        request_id=state.req.request_id,
+                        index=sample.index,
+                        text=text,
+                        token_ids=sample.pending_ids,
+                        logprobs=sample.pending_logprobs if state.req.params.logprobs is not None else None,
+                        num_prompt_tokens=seq.num_prompt_tokens,
+                        num_output_tokens=seq.num_output_tokens,
+                        num_cached_tokens=seq.num_cached_tokens,
+                        finished=done,
+                        finish_reason=seq.finish_reason.value if done and seq.finish_reason else None,
+                    )
+                )
+                sample.pending_text, sample.pending_ids, sample.pending_logprobs = "", [], []
+                sample.reported_done = done
+            if all(s.reported_done for s in state.samples):
+                del self.requests[state.req.request_id]
+                for s in state.samples:
+                    self.by_seq.pop(s.seq.seq_id, None)
+                self.stats.num_finished += 1
+        return outputs
+
+    def fail_all(self, message: str) -> list[RequestOutput]:
+        """End every live request with an error (the engine hit an exception mid-step)."""
+        outputs = []
+        for state in list(self.requests.values()):
+            for sample in state.samples:
+                self.scheduler.finish(sample.seq, FinishReason.ABORT)
+            for out in self._collect([state]):
+                out.error = message
+                outputs.append(out)
+        return outputs

@@ -1,0 +1,79 @@
+"""A sequence: one stream of tokens the engine generates, and its KV bookkeeping.
+
+    token_ids = [ prompt ............ | output ...... ]
+                 <- num_prompt_tokens ->
+                 <------ num_computed_tokens ---->      (K/V already in the cache)
+    block_table: cache blocks holding tokens [0, len(block_table) * block_size)
+
+A request with n > 1 becomes n sequences sharing the prompt.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+
+from .sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"  # queued; may hold no blocks (fresh or preempted)
+    RUNNING = "running"  # holds blocks, scheduled each step
+    FINISHED = "finished"  # blocks released
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"  # a stop token or stop string
+    LENGTH = "length"  # max_new_tokens or session_len reached
+    ABORT = "abort"  # cancelled by the caller
+
+
+_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class Sequence:
+    token_ids: list[int]  # prompt + output tokens
+    params: SamplingParams
+    num_prompt_tokens: int = 0  # set from token_ids at creation
+    max_total_tokens: int = 0  # session_len: prompt + output never exceed it
+    seq_id: int = field(default_factory=lambda: next(_ids))
+    status: SequenceStatus = SequenceStatus.WAITING
+    num_computed_tokens: int = 0  # tokens whose K/V are in the cache
+    num_cached_tokens: int = 0  # of those, tokens found in the prefix cache at admission
+    block_table: list[int] = field(default_factory=list)  # cache block ids, in token order
+    block_hashes: list[int] = field(default_factory=list)  # hash chain of the full blocks registered so far
+    finish_reason: FinishReason | None = None
+    arrival_time: float = 0.0  # time.monotonic() at add; FCFS order
+    num_preemptions: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.num_prompt_tokens:
+            self.num_prompt_tokens = len(self.token_ids)
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        return self.token_ids[: self.num_prompt_tokens]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == SequenceStatus.FINISHED
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    def append_token(self, token_id: int) -> None:
+        self.token_ids.append(token_id)
