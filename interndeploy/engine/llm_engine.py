@@ -49,6 +49,7 @@ class EngineStats:
     num_finished: int = 0  # requests finished since start
     prompt_tokens: int = 0  # prompt tokens of admitted requests
     generated_tokens: int = 0  # tokens sampled
+    num_preemptions: int = 0  # sequences sent back to the queue for lack of blocks
 
 
 class LLMEngine:
@@ -102,6 +103,7 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         sched = self.scheduler.schedule()
+        self.stats.num_preemptions += len(sched.preempted)
         touched = {id(self.by_seq[s.seq_id][0]): self.by_seq[s.seq_id][0] for s in sched.finished}
         if not sched.is_empty:
             result = self.runner.execute(sched)
