@@ -1,0 +1,15 @@
+"""Gated activations of the MLP."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from interndeploy.kernels.reference import silu_and_mul
+
+
+class SiluAndMul(nn.Module):
+    """[T, 2I] = [gate | up] -> silu(gate) * up [T, I]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return silu_and_mul(x)

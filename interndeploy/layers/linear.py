@@ -1,0 +1,170 @@
+"""Linear layers with tensor-parallel sharding in their weight loaders.
+
+    ReplicatedLinear     full weight on every rank
+    ColumnLinear         output dim split across ranks: y_r = x W_r^T           (no communication)
+    RowLinear            input dim split across ranks:  y = sum_r x_r W_r^T     (all-reduce when tp > 1)
+    MergedColumnLinear   [gate | up] packed along the output dim, shard ids 0, 1, ...
+    QKVLinear            [q | k | v] packed along the output dim, shard ids "q", "k", "v"
+
+Each rank holds the rank's slice of every packed part, in the same order: rank r's qkv weight is
+[q_r | k_r | v_r]. The quant method decides what parameters a layer has and how it multiplies;
+the unquantized method holds weight [out, in] (+ bias [out]).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from interndeploy.layers.weight_loader import set_weight_attrs, tp_rank_and_size
+
+
+class LinearMethod:
+    """Strategy for a linear layer's parameters; a quantized format subclasses this."""
+
+    def create_weights(
+        self, layer: nn.Module, input_size: int, output_size: int, bias: bool, dtype: torch.dtype | None
+    ) -> None:
+        weight = nn.Parameter(torch.empty(output_size, input_size, dtype=dtype), requires_grad=False)
+        layer.register_parameter("weight", set_weight_attrs(weight, output_dim=0, input_dim=1))
+        if bias:
+            b = nn.Parameter(torch.empty(output_size, dtype=dtype), requires_grad=False)
+            layer.register_parameter("bias", set_weight_attrs(b, output_dim=0))
+        else:
+            layer.register_parameter("bias", None)
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        """Repack loaded weights for the kernel (no-op when unquantized)."""
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, layer.weight, bias)
+
+
+class LinearBase(nn.Module):
+    """`input_size`/`output_size` are this rank's sizes; subclasses decide which one is sharded."""
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = False,
+        quant_method: LinearMethod | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.tp_rank, self.tp_size = tp_rank_and_size()
+        self.input_size = input_size
+        self.output_size = output_size
+        self.quant_method = quant_method or LinearMethod()
+        self.quant_method.create_weights(self, input_size, output_size, bias, dtype)
+        for param in self.parameters(recurse=False):
+            param.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant_method.apply(self, x, self.bias)
+
+
+def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    if dst.shape != src.shape:
+        raise ValueError(f"shape mismatch: parameter slice {tuple(dst.shape)}, checkpoint {tuple(src.shape)}")
+    dst.copy_(src)
+
+
+def _rank_slice(loaded: torch.Tensor, dim: int | None, rank: int, size: int, tp_size: int) -> torch.Tensor:
+    """This rank's `size` rows of `loaded` along `dim` (the whole tensor when dim is None)."""
+    if dim is None:
+        return loaded
+    if loaded.shape[dim] != size * tp_size:
+        raise ValueError(
+            f"checkpoint {tuple(loaded.shape)} has {loaded.shape[dim]} rows in dim {dim}, "
+            f"expected {size} x {tp_size} ranks"
+        )
+    return loaded.narrow(dim, rank * size, size)
+
+
+class ReplicatedLinear(LinearBase):
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+        _copy(param.data, loaded)
+
+
+class ColumnLinear(LinearBase):
+    """Output features split across ranks; `output_size` is the full (unsharded) size."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = False, **kw) -> None:
+        _, tp_size = tp_rank_and_size()
+        super().__init__(input_size, output_size // tp_size, bias, **kw)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+        dim = getattr(param, "output_dim", None)
+        size = param.shape[dim] if dim is not None else 0
+        _copy(param.data, _rank_slice(loaded, dim, self.tp_rank, size, self.tp_size))
+
+
+class RowLinear(LinearBase):
+    """Input features split across ranks; `input_size` is the full size. The bias is added once, on rank 0."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = False, **kw) -> None:
+        _, tp_size = tp_rank_and_size()
+        super().__init__(input_size // tp_size, output_size, bias, **kw)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+        dim = getattr(param, "input_dim", None)
+        size = param.shape[dim] if dim is not None else 0
+        _copy(param.data, _rank_slice(loaded, dim, self.tp_rank, size, self.tp_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.quant_method.apply(self, x, self.bias if self.tp_rank == 0 else None)
+        if self.tp_size > 1:
+            raise NotImplementedError("RowLinear all-reduce arrives with distributed.py")
+        return y
+
+
+class MergedColumnLinear(ColumnLinear):
+    """Several column layers sharing one input, packed along the output dim; shard id = index in `output_sizes`."""
+
+    def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False, **kw) -> None:
+        self.output_sizes = list(output_sizes)
+        super().__init__(input_size, sum(output_sizes), bias, **kw)
+
+    def _shard(self, shard_id: object) -> tuple[int, int]:
+        """(offset, size) of this rank's part `shard_id` inside its packed output dim."""
+        sizes = [s // self.tp_size for s in self.output_sizes]
+        return sum(sizes[:shard_id]), sizes[shard_id]
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
+        dim = getattr(param, "output_dim", None)
+        if shard_id is None or dim is None:
+            # an already packed checkpoint tensor (or a parameter with no output dim, e.g. a scalar scale)
+            return super().weight_loader(param, loaded)
+        offset, size = self._shard(shard_id)
+        _copy(param.data.narrow(dim, offset, size), _rank_slice(loaded, dim, self.tp_rank, size, self.tp_size))
+
+
+class QKVLinear(MergedColumnLinear):
+    """Output = [q (num_heads * head_dim) | k (num_kv_heads * head_dim) | v (num_kv_heads * head_dim)].
+
+    With tp > 1 each rank holds num_heads / tp q heads and num_kv_heads / tp kv heads (kv heads are
+    not replicated yet, so tp must divide num_kv_heads).
+    """
+
+    def __init__(
+        self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False, **kw
+    ) -> None:
+        _, tp_size = tp_rank_and_size()
+        if num_heads % tp_size or num_kv_heads % tp_size:
+            raise ValueError(f"tp={tp_size} must divide num_heads={num_heads} and num_kv_heads={num_kv_heads}")
+        self.head_dim = head_dim
+        self.num_heads = num_heads // tp_size
+        self.num_kv_heads = num_kv_heads // tp_size
+        q, kv = num_heads * head_dim, num_kv_heads * head_dim
+        super().__init__(hidden_size, [q, kv, kv], bias, **kw)
+
+    def _shard(self, shard_id: object) -> tuple[int, int]:
+        index = {"q": 0, "k": 1, "v": 2}.get(shard_id) if isinstance(shard_id, str) else None
+        if index is None:
+            raise ValueError(f"QKVLinear shard id must be 'q', 'k' or 'v', got {shard_id!r}")
+        return super()._shard(index)

@@ -1,0 +1,145 @@
+"""Load a Hugging Face checkpoint into a model, one tensor at a time.
+
+For each checkpoint tensor:
+    name --model.remap_checkpoint_name (optional)--> our name
+         --model.packed_modules_mapping------------> (packed parameter name, shard id) or (name, None)
+    param.weight_loader(param, tensor, shard_id)    (the parameter knows its layout and TP slice)
+
+The loader knows nothing about any architecture. Afterwards each layer's quant method may repack
+its weights, and every parameter must have been filled completely (all shards of a packed one).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from interndeploy.layers.weight_loader import default_weight_loader
+
+logger = logging.getLogger(__name__)
+
+_SKIPPED = ("rotary_emb.inv_freq",)
+
+
+class WeightLoadError(ValueError):
+    """The checkpoint does not fit the model: missing tensors, wrong shapes, or no weight files."""
+
+
+def _files_from_index(model_dir: Path, index_name: str) -> list[Path] | None:
+    index = model_dir / index_name
+    if not index.is_file():
+        return None
+    weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+    return [model_dir / f for f in sorted(set(weight_map.values()))]
+
+
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    """The safetensors shards (preferred) or pytorch_model*.bin files of a model directory."""
+    model_dir = Path(model_dir)
+    for index_name, pattern in (
+        ("model.safetensors.index.json", "*.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model*.bin"),
+    ):
+        files = _files_from_index(model_dir, index_name) or sorted(model_dir.glob(pattern))
+        if files:
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise WeightLoadError(f"{model_dir / index_name} lists files that do not exist: {', '.join(missing)}")
+            return files
+    raise WeightLoadError(f"model directory {model_dir} has no *.safetensors or pytorch_model*.bin weights")
+
+
+def iter_checkpoint(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) over the whole checkpoint; safetensors are read lazily, .bin files memory-mapped."""
+    for path in checkpoint_files(model_dir):
+        if path.suffix == ".safetensors":
+            with safe_open(path, framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        else:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            yield from state.items()
+            del state
+
+
+def _resolve(model: nn.Module, name: str) -> tuple[str, object] | None:
+    """Checkpoint name -> (our parameter name, shard id), or None to skip it."""
+    if any(s in name for s in _SKIPPED):
+        return None
+    remap = getattr(model, "remap_checkpoint_name", None)
+    if remap is not None:
+        name = remap(name)
+        if name is None:
+            return None
+    parts = name.split(".")
+    mapping = getattr(model, "packed_modules_mapping", {})
+    for i, part in enumerate(parts):
+        if part in mapping:
+            packed, shard_id = mapping[part]
+            return ".".join([*parts[:i], packed, *parts[i + 1 :]]), shard_id
+    return name, None
+
+
+def _expected_shards(model: nn.Module, name: str) -> set[object]:
+    """Shard ids a packed parameter needs from a split checkpoint (empty for an unpacked one)."""
+    mapping = getattr(model, "packed_modules_mapping", {})
+    parts = set(name.split("."))
+    return {shard for packed, shard in mapping.values() if packed in parts}
+
+
+def load_weights(model: nn.Module, model_dir: Path, dtype: torch.dtype | None = None) -> None:
+    """Fill every parameter of `model` from the checkpoint in `model_dir`, casting float tensors to `dtype`."""
+    model_dir = Path(model_dir)
+    params = dict(model.named_parameters(remove_duplicate=False))  # tied weights answer to both names
+    shards_seen: dict[int, set[object]] = {}
+    unexpected: list[str] = []
+    with torch.no_grad():
+        for ckpt_name, tensor in iter_checkpoint(model_dir):
+            resolved = _resolve(model, ckpt_name)
+            if resolved is None:
+                continue
+            name, shard_id = resolved
+            param = params.get(name)
+            if param is None:
+                unexpected.append(ckpt_name)
+                continue
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            loader = getattr(param, "weight_loader", default_weight_loader)
+            try:
+                loader(param, tensor) if shard_id is None else loader(param, tensor, shard_id)
+            except (ValueError, RuntimeError) as e:
+                raise WeightLoadError(
+                    f"cannot load {ckpt_name} {tuple(tensor.shape)} from {model_dir} into {name} "
+                    f"{tuple(param.shape)}: {e}; does config.json match the weights?"
+                ) from None
+            shards_seen.setdefault(id(param), set()).add(shard_id)
+
+    for module in model.modules():
+        quant_method = getattr(module, "quant_method", None)
+        if quant_method is not None:
+            quant_method.process_weights_after_loading(module)
+
+    if unexpected:
+        shown = ", ".join(unexpected[:5]) + (f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else "")
+        logger.warning("ignored %d checkpoint tensors the model has no parameter for: %s", len(unexpected), shown)
+    missing = []
+    for name, param in model.named_parameters():
+        seen = shards_seen.get(id(param), set())
+        if None in seen:
+            continue
+        needed = _expected_shards(model, name)
+        if not seen or not needed <= seen:
+            missing.append(name if not seen else f"{name} (shards {sorted(map(str, needed - seen))})")
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
+        raise WeightLoadError(f"checkpoint in {model_dir} is missing {len(missing)} weights the model needs: {shown}")

@@ -1,0 +1,32 @@
+"""Architecture name (config.json "architectures") -> model class."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from interndeploy.models.internlm2 import InternLM2ForCausalLM
+from interndeploy.models.llama import LlamaForCausalLM
+
+_MODELS: dict[str, type[nn.Module]] = {
+    "InternLM2ForCausalLM": InternLM2ForCausalLM,
+    "LlamaForCausalLM": LlamaForCausalLM,
+}
+
+
+class UnsupportedArchitectureError(ValueError):
+    pass
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_MODELS)
+
+
+def get_model_class(architectures: list[str]) -> type[nn.Module]:
+    """The class of the first listed architecture we implement."""
+    for arch in architectures or []:
+        if arch in _MODELS:
+            return _MODELS[arch]
+    named = ", ".join(architectures or []) or "(none listed)"
+    raise UnsupportedArchitectureError(
+        f"architecture {named} is not supported; supported: {', '.join(supported_architectures())}"
+    )
