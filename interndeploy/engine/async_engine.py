@@ -174,6 +174,7 @@ class AsyncEngine:
             sink = self._sinks.get(out.request_id)
             if sink is not None:
                 sink(out)
+        for out in outputs:  # after all outputs: a request's n samples may finish in one step
             if out.request_id not in self.engine.requests:
                 self._sinks.pop(out.request_id, None)
 
