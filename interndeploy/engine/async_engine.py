@@ -104,7 +104,9 @@ class AsyncEngine:
 
     # ---- requests -------------------------------------------------------------------------
 
-    def make_request(self, prompt_ids: list[int], gen: GenerationConfig, request_id: str | None = None) -> EngineRequest:
+    def make_request(
+        self, prompt_ids: list[int], gen: GenerationConfig, request_id: str | None = None
+    ) -> EngineRequest:
         return build_request(
             request_id or uuid.uuid4().hex,
             prompt_ids,

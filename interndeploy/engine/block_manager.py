@@ -164,7 +164,7 @@ class BlockManager:
         seq.num_computed_tokens = 0
 
     def reset_prefix_cache(self) -> None:
-        for h, block_id in list(self.cached.items()):
+        for _h, block_id in list(self.cached.items()):
             if self.blocks[block_id].ref_count == 0:
                 self._evict(block_id)
 

@@ -131,7 +131,7 @@ def test_random_workload_keeps_accounting():
     s = make(num_blocks=12, block_size=4, max_bs=6, budget=16, prefix=True)
     shared = list(range(50, 58))
     all_seqs = []
-    for step in range(400):
+    for _step in range(400):
         if rng.random() < 0.3:
             prompt = (shared if rng.random() < 0.5 else []) + [rng.randrange(1000) for _ in range(rng.randint(1, 14))]
             q = Sequence(prompt, SamplingParams(max_new_tokens=rng.randint(1, 8)))
