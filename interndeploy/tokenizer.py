@@ -87,6 +87,23 @@ def load_chat_template(model_dir: str | Path, config: dict[str, Any] | None = No
 
 
 def _load_hf_fast(model_dir: Path, config: dict[str, Any]) -> Any:
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    # transformers reads config.json on the way and warns about model types it does not know
+    # (internlm2) and deprecated rope keys: noise for a tokenizer load, so it is silenced here.
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _load_hf_fast_quiet(model_dir, config)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _load_hf_fast_quiet(model_dir: Path, config: dict[str, Any]) -> Any:
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
     from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 

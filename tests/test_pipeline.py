@@ -190,3 +190,62 @@ def test_multi_turn_chat_session(internlm2_pipe):
     assert len(s.history) == 2 and s.response.generate_token_len == 4
     s = internlm2_pipe.chat("and then?", session=s, gen_config=gen)
     assert [m["role"] for m in s.history] == ["user", "assistant", "user", "assistant"]
+
+
+def test_generation_config_json_sets_defaults(tmp_path: Path, internlm2_dir: Path):
+    import json
+    import shutil
+
+    d = tmp_path / "m"
+    shutil.copytree(internlm2_dir, d)
+    gen = json.loads((d / "generation_config.json").read_text())
+    gen.update(do_sample=True, temperature=0.7, top_p=0.8, top_k=40, repetition_penalty=1.005)
+    (d / "generation_config.json").write_text(json.dumps(gen))
+    with pipeline(str(d), backend_config=EngineConfig(cpu_kv_budget_gib=0.1)) as pipe:
+        g = pipe.engine.default_gen_config
+        assert (g.do_sample, g.temperature, g.top_p, g.top_k, g.repetition_penalty) == (True, 0.7, 0.8, 40, 1.005)
+        assert set(gen["eos_token_id"]) <= set(pipe.engine.eos_token_ids)
+
+
+def test_builtin_template_by_name(internlm2_dir: Path):
+    from interndeploy import ChatTemplateConfig
+
+    cfg = ChatTemplateConfig(model_name="internlm3")
+    with pipeline(str(internlm2_dir), backend_config=EngineConfig(cpu_kv_budget_gib=0.1),
+                  chat_template_config=cfg) as pipe:
+        text = pipe.engine.render_prompt("hi")
+        assert "You are an AI assistant whose name is InternLM" in text
+        assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+        assert pipe("hi", gen_config=GenerationConfig(max_new_tokens=3)).input_token_len > 20
+
+
+def test_sentencepiece_checkpoint_matches_transformers(tmp_path: Path):
+    from interndeploy.testing.tiny_models import build_internlm2_dir, hf_reference_model
+
+    d = build_internlm2_dir(tmp_path / "sp", tokenizer="sentencepiece", seed=3, num_key_value_heads=4,
+                            rope_scaling={"type": "dynamic", "factor": 2.0})
+    model = hf_reference_model(d)
+    with pipeline(str(d), backend_config=EngineConfig(block_size=16, cpu_kv_budget_gib=0.1)) as pipe:
+        for p in ["上海的景点", "hello world, hello again"]:
+            ids = pipe.tokenizer.encode(p)
+            out = pipe(p, gen_config=GREEDY, do_preprocess=False)
+            assert out.token_ids == hf_greedy(model, ids, GREEDY.max_new_tokens)[0]
+
+
+def test_memory_report_is_printed(internlm2_dir: Path, caplog: pytest.LogCaptureFixture):
+    import logging
+
+    from interndeploy.engine.async_engine import AsyncEngine
+
+    logger = logging.getLogger("interndeploy")
+    logger.propagate = True
+    try:
+        with caplog.at_level(logging.INFO, logger="interndeploy"):
+            eng = AsyncEngine(str(internlm2_dir), EngineConfig(cache_max_entry_count=0.5, cpu_kv_budget_gib=0.01))
+            eng.shutdown()
+    finally:
+        logger.propagate = False
+    report = "\n".join(r.getMessage() for r in caplog.records)
+    kv = eng.engine.runner.kv
+    assert kv.num_blocks == int(0.01 * (1 << 30) * 0.5) // kv.bytes_per_block
+    assert "weights" in report and "kv cache" in report and f"{kv.num_blocks} blocks" in report

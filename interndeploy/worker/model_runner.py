@@ -13,6 +13,7 @@ import torch
 from ..config import EngineConfig
 from ..engine.scheduler import SchedulerOutput
 from ..layers.attention import Attention
+from ..layers.rotary import RotaryEmbedding
 from ..model_dir import ModelInfo
 from ..models.loader import load_weights
 from ..models.registry import get_model_class
@@ -70,6 +71,9 @@ class ModelRunner:
             torch.set_default_dtype(prev_dtype)
         load_weights(self.model, info.path, self.dtype)
         self.model.eval()
+        for module in self.model.modules():  # session_len may exceed max_position_embeddings
+            if isinstance(module, RotaryEmbedding):
+                module.reserve_positions(session_len)
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         self.sampler = Sampler()
         self.block_size = cfg.block_size
