@@ -53,9 +53,9 @@ class AsyncEngine:
         self.chat_template = ChatTemplate.resolve(
             self.tokenizer.chat_template, chat_template_config, model_type=self.info.model_type
         )
-        self.engine = LLMEngine(self.info, self.cfg, self.tokenizer)
-        self.session_len = self.engine.session_len
         self.eos_token_ids = self._eos_token_ids()
+        self.engine = LLMEngine(self.info, self.cfg, self.tokenizer, self._grammar_eos_ids())
+        self.session_len = self.engine.session_len
         self.default_gen_config = self._default_gen_config()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -71,6 +71,15 @@ class AsyncEngine:
         ids = [ids] if isinstance(ids, int) else list(ids or [])
         if self.tokenizer.eos_token_id is not None:
             ids.append(self.tokenizer.eos_token_id)
+        return list(dict.fromkeys(ids))
+
+    def _grammar_eos_ids(self) -> list[int]:
+        """Tokens that end a constrained output: the model's eos ids and the template's stop tokens."""
+        ids = list(self.eos_token_ids)
+        for word in self.chat_template.stop_words:
+            token_id = self.tokenizer.token_to_id(word)
+            if token_id is not None and token_id in self.tokenizer.all_special_ids:
+                ids.append(token_id)
         return list(dict.fromkeys(ids))
 
     def _default_gen_config(self) -> GenerationConfig:
@@ -115,6 +124,7 @@ class AsyncEngine:
             session_len=self.session_len,
             eos_token_ids=self.eos_token_ids,
             template_stop_words=self.chat_template.stop_words,
+            compile_grammar=self.engine.grammar.compile,
         )
 
     async def generate(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ..config import EngineConfig
 from ..model_dir import ModelInfo
 from ..tokenizer import Tokenizer
+from ..worker.guided_decoding import GrammarBackend
 from ..worker.kv_cache import memory_report
 from ..worker.model_runner import ModelRunner, TokenLogprobs
 from .block_manager import BlockManager
@@ -53,7 +54,9 @@ class EngineStats:
 
 
 class LLMEngine:
-    def __init__(self, info: ModelInfo, cfg: EngineConfig, tokenizer: Tokenizer) -> None:
+    def __init__(
+        self, info: ModelInfo, cfg: EngineConfig, tokenizer: Tokenizer, eos_token_ids: list[int] | None = None
+    ) -> None:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.session_len = cfg.session_len or info.max_position_embeddings
@@ -64,6 +67,9 @@ class LLMEngine:
         self.requests: dict[str, _RequestState] = {}
         self.by_seq: dict[int, tuple[_RequestState, _SampleState]] = {}
         self.stats = EngineStats()
+        vocab = int(info.config.get("vocab_size") or tokenizer.vocab_size)
+        self.grammar = GrammarBackend(tokenizer, vocab, eos_token_ids or [])
+        self.runner.grammar = self.grammar
         logger.info(memory_report(self.runner.weight_bytes, self.runner.kv, self.runner.device))
 
     @property
@@ -130,7 +136,8 @@ class LLMEngine:
             if seq.seq_id in logprobs:
                 sample.pending_logprobs.append(logprobs[seq.seq_id])
             sample.pending_text += sample.detok.step([token])
-            if sample.detok.stopped:
+            grammar_done = params.grammar is not None and self.grammar.accept(seq, token)
+            if sample.detok.stopped or grammar_done:
                 self.scheduler.finish(seq, FinishReason.STOP)
             elif seq.num_output_tokens >= params.max_new_tokens or len(seq) >= seq.max_total_tokens:
                 self.scheduler.finish(seq, FinishReason.LENGTH)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -59,6 +60,7 @@ def build_request(
     session_len: int,
     eos_token_ids: list[int],
     template_stop_words: list[str] = (),
+    compile_grammar: Callable[[dict | None], str | None] | None = None,
 ) -> EngineRequest:
     """Resolve a GenerationConfig into token-level parameters and check the length."""
     gen.validate()
@@ -96,6 +98,7 @@ def build_request(
         stop_token_ids=list(dict.fromkeys(stop_ids)),
         bad_word_ids=[w for w in bad if w],
         logprobs=gen.logprobs,
+        grammar=compile_grammar(gen.response_format) if compile_grammar and gen.response_format else None,
     )
     return EngineRequest(
         request_id=request_id,

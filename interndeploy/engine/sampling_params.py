@@ -25,6 +25,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)  # eos ids + user stop ids
     bad_word_ids: list[list[int]] = field(default_factory=list)  # token sequences that must never be produced
     logprobs: int | None = None  # top-N logprobs per output token (0 = just the sampled token's)
+    grammar: str | None = None  # compiled llguidance grammar constraining the output (response_format)
 
     @property
     def greedy(self) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 from .sampling_params import SamplingParams
 
@@ -47,6 +48,7 @@ class Sequence:
     finish_reason: FinishReason | None = None
     arrival_time: float = 0.0  # time.monotonic() at add; FCFS order
     num_preemptions: int = 0
+    guide: Any = None  # grammar matcher state when params.grammar is set (created at the first sampling step)
 
     def __post_init__(self) -> None:
         if not self.num_prompt_tokens:

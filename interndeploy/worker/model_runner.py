@@ -18,6 +18,7 @@ from ..model_dir import ModelInfo
 from ..models.loader import load_weights
 from ..models.registry import get_model_class
 from .forward_context import AttentionMetadata, forward_context
+from .guided_decoding import GrammarBackend
 from .kv_cache import KVCacheSpec, plan_kv_cache
 from .sampler import Sampler, SamplingBatch
 
@@ -76,6 +77,7 @@ class ModelRunner:
                 module.reserve_positions(session_len)
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         self.sampler = Sampler()
+        self.grammar: GrammarBackend | None = None  # set by the engine; masks logits of guided sequences
         self.block_size = cfg.block_size
         self.kv: KVCacheSpec = plan_kv_cache(info.config, cfg, self.device, self.dtype, session_len, max_batch_size)
         self._attach_kv_cache()
@@ -149,6 +151,8 @@ class ModelRunner:
         if not samplers:
             return out
         logits = self.model.compute_logits(hidden[torch.tensor(last_index, device=self.device)])
+        if self.grammar is not None:
+            self.grammar.mask_logits(logits, samplers)
         batch = SamplingBatch.build(
             [s.params for s in samplers],
             [s.output_token_ids for s in samplers],
