@@ -31,7 +31,8 @@ class EngineConfig:
     model_format: str | None = None  # hf | awq | fp8 | None (detect)
     dtype: str = "auto"  # auto | float16 | bfloat16 | float32
     device: str | None = None  # cuda | cpu | None (cuda when available)
-    eager_mode: bool = False
+    eager_mode: bool = False  # no CUDA graphs for decode
+    load_format: str = "auto"  # auto: read the checkpoint; dummy: random weights at the config's shapes
     cpu_kv_budget_gib: float = 2.0  # on CPU, the "free memory" that cache_max_entry_count is a fraction of
     download_dir: str | None = None
     revision: str | None = None
@@ -62,6 +63,8 @@ class EngineConfig:
         for name in ("tp", "dp", "ep"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.load_format not in ("auto", "dummy"):
+            raise ConfigError(f"load_format must be auto or dummy, got {self.load_format!r}")
         if self.dtype not in ("auto", "float16", "bfloat16", "float32"):
             raise ConfigError(f"dtype must be auto, float16, bfloat16 or float32, got {self.dtype!r}")
 

@@ -103,7 +103,7 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ModelDirError(f"cannot read {path}: {e}") from None
 
 
-def load_model_info(model: str | os.PathLike, revision: str | None = None) -> ModelInfo:
+def load_model_info(model: str | os.PathLike, revision: str | None = None, allow_no_weights: bool = False) -> ModelInfo:
     path = resolve_model_path(model, revision)
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
@@ -112,6 +112,6 @@ def load_model_info(model: str | os.PathLike, revision: str | None = None) -> Mo
     gen_path = path / "generation_config.json"
     gen = _read_json(gen_path) if gen_path.is_file() else {}
     has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin")) or any(path.glob("*.pt"))
-    if not has_weights:
+    if not has_weights and not allow_no_weights:
         raise ModelDirError(f"model directory {path} has no *.safetensors or *.bin weights")
     return ModelInfo(path=path, name=str(model), config=config, generation_config=gen)

@@ -6,13 +6,14 @@ import argparse
 import logging
 import sys
 
-from . import chat
+from . import bench, chat
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interndeploy", description="Deploy and serve InternLM-family models")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chat.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 

@@ -143,3 +143,14 @@ def load_weights(model: nn.Module, model_dir: Path, dtype: torch.dtype | None = 
     if missing:
         shown = ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
         raise WeightLoadError(f"checkpoint in {model_dir} is missing {len(missing)} weights the model needs: {shown}")
+
+
+@torch.no_grad()
+def init_dummy_weights(model: nn.Module, std: float = 0.02, seed: int = 0) -> None:
+    """Random weights at the model's shapes, made on its device (benchmarks at real shapes, no files)."""
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for name, param in model.named_parameters():
+        if param.dim() == 1:
+            param.fill_(1.0 if "norm" in name else 0.0)
+        else:
+            param.normal_(0.0, std, generator=gen)

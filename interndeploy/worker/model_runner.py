@@ -15,7 +15,7 @@ from ..engine.scheduler import SchedulerOutput
 from ..layers.attention import Attention
 from ..layers.rotary import RotaryEmbedding
 from ..model_dir import ModelInfo
-from ..models.loader import load_weights
+from ..models.loader import init_dummy_weights, load_weights
 from ..models.registry import get_model_class
 from .forward_context import AttentionMetadata, forward_context
 from .guided_decoding import GrammarBackend
@@ -70,7 +70,10 @@ class ModelRunner:
                 self.model = model_cls(info.hf_config)
         finally:
             torch.set_default_dtype(prev_dtype)
-        load_weights(self.model, info.path, self.dtype)
+        if cfg.load_format == "dummy":
+            init_dummy_weights(self.model)
+        else:
+            load_weights(self.model, info.path, self.dtype)
         self.model.eval()
         for module in self.model.modules():  # session_len may exceed max_position_embeddings
             if isinstance(module, RotaryEmbedding):
