@@ -21,6 +21,7 @@ from typing import Any
 from .config import ChatTemplateConfig, EngineConfig, GenerationConfig
 from .engine.async_engine import AsyncEngine, Messages
 from .engine.request import RequestOutput
+from .tokenizer import Tokenizer
 from .worker.model_runner import TokenLogprobs
 
 
@@ -78,7 +79,7 @@ class Pipeline:
         self._session_ids = itertools.count(1)
 
     @property
-    def tokenizer(self):  # noqa: ANN201 - the Tokenizer wrapper
+    def tokenizer(self) -> Tokenizer:
         return self.engine.tokenizer
 
     # ---- batch ------------------------------------------------------------------------------

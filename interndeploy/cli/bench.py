@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from .args import add_engine_args, engine_config_from_args
+
+if TYPE_CHECKING:
+    from ..engine.async_engine import AsyncEngine
 
 
 def _dataset_args(p: argparse.ArgumentParser) -> None:
@@ -48,7 +52,7 @@ def _print(title: str, figures: dict, as_json: bool) -> None:
     print(json.dumps({"bench": title, **figures}) if as_json else format_table(title, figures), flush=True)
 
 
-def _device_name(engine) -> str:  # noqa: ANN001
+def _device_name(engine: AsyncEngine) -> str:
     import torch
 
     dev = engine.engine.runner.device

@@ -17,6 +17,7 @@ from ..layers.rotary import RotaryEmbedding
 from ..model_dir import ModelInfo
 from ..models.loader import init_dummy_weights, load_weights
 from ..models.registry import get_model_class
+from .cuda_graph import DecodeCudaGraphs
 from .forward_context import AttentionMetadata, forward_context
 from .guided_decoding import GrammarBackend
 from .kv_cache import KVCacheSpec, plan_kv_cache
@@ -84,6 +85,11 @@ class ModelRunner:
         self.block_size = cfg.block_size
         self.kv: KVCacheSpec = plan_kv_cache(info.config, cfg, self.device, self.dtype, session_len, max_batch_size)
         self._attach_kv_cache()
+        self.graphs: DecodeCudaGraphs | None = None
+        if self.device.type == "cuda" and not cfg.eager_mode:
+            max_blocks = -(-session_len // self.block_size)
+            self.graphs = DecodeCudaGraphs(self.model, max_batch_size, max_blocks, self.block_size, self.device)
+            self.graphs.capture()
 
     @property
     def num_blocks(self) -> int:
@@ -148,8 +154,11 @@ class ModelRunner:
         if sched.is_empty:
             return out
         meta, input_ids, positions, last_index = self._prepare(sched)
-        with forward_context(meta):
-            hidden = self.model(input_ids, positions)
+        if self.graphs is not None and self.graphs.can_run(meta):
+            hidden = self.graphs.run(input_ids, positions, meta)
+        else:
+            with forward_context(meta):
+                hidden = self.model(input_ids, positions)
         samplers = [item.seq for item in sched.scheduled if item.samples]
         if not samplers:
             return out
