@@ -3,6 +3,10 @@
 The model runner attaches `k_cache` / `v_cache` [num_blocks, block_size, num_kv_heads, head_dim] after
 measuring free memory. Before that (profile / warm-up run) they are empty and attention is plain causal
 attention within each sequence's query tokens, which equals the cached result for a fresh prefill.
+
+CUDA tensors go through the Triton kernels (store, then decode or prefill/extend attention), anything
+else through the torch reference. The CUDA decode path reads no device value on the host, so a decode
+step can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -10,7 +14,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from interndeploy.kernels.reference import paged_attention, prefill_attention, store_kvcache
+from interndeploy.kernels import reference
+from interndeploy.kernels._triton import use_triton
+from interndeploy.kernels.decode_attention import decode_attention
+from interndeploy.kernels.prefill_attention import prefill_attention as paged_prefill_attention
+from interndeploy.kernels.store_kvcache import store_kvcache
 from interndeploy.worker.forward_context import get_forward_context
 
 
@@ -34,8 +42,18 @@ class Attention(nn.Module):
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.k_cache.numel() == 0:
-            out = prefill_attention(q, k, v, meta.query_lens_host, self.scale)
+            out = reference.prefill_attention(q, k, v, meta.query_lens_host, self.scale)
+        elif use_triton(q):
+            k_cache, v_cache = self.k_cache, self.v_cache
+            store_kvcache(k, v, k_cache, v_cache, meta.slot_mapping)
+            if meta.is_decode_only and q.shape[0] == meta.seq_lens.shape[0]:
+                out = decode_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, self.scale)
+            else:
+                starts, tables = meta.query_start_loc, meta.block_tables
+                out = paged_prefill_attention(
+                    q, k_cache, v_cache, starts, meta.seq_lens, tables, meta.max_query_len, self.scale
+                )
         else:
-            store_kvcache(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
-            out = paged_attention(q, self.k_cache, self.v_cache, meta, self.scale)
+            reference.store_kvcache(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+            out = reference.paged_attention(q, self.k_cache, self.v_cache, meta, self.scale)
         return out.reshape(-1, self.num_heads * self.head_dim)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from interndeploy.kernels.reference import fused_add_rms_norm, rms_norm
+from interndeploy.kernels import reference
+from interndeploy.kernels import rms_norm as triton_norm
+from interndeploy.kernels._triton import use_triton
 from interndeploy.layers.weight_loader import default_weight_loader
 
 
@@ -20,6 +22,7 @@ class RMSNorm(nn.Module):
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """norm(x) when residual is None, else (norm(x + residual), x + residual)."""
+        ops = triton_norm if use_triton(x) else reference
         if residual is None:
-            return rms_norm(x, self.weight, self.eps)
-        return fused_add_rms_norm(x, residual, self.weight, self.eps)
+            return ops.rms_norm(x, self.weight, self.eps)
+        return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)

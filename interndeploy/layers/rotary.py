@@ -21,8 +21,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from interndeploy.kernels.reference import apply_rotary
+from interndeploy.kernels import reference
+from interndeploy.kernels import rotary as triton_rotary
+from interndeploy.kernels._triton import use_triton
 from interndeploy.worker.forward_context import get_forward_context
+
+
+def apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q [T, Hq, D] and k [T, Hkv, D] by cos/sin [T, D/2]: the Triton kernel on CUDA, else the reference."""
+    if use_triton(q):
+        return triton_rotary.apply_rotary(q, k, cos, sin)
+    return reference.apply_rotary(q, k, cos, sin)
 
 
 def rope_config(config: Any) -> tuple[float, dict[str, Any]]:

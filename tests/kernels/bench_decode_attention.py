@@ -1,0 +1,95 @@
+"""Micro-benchmark of paged decode attention on CUDA: Triton split-K kernel vs the torch reference.
+
+    python3 tests/kernels/bench_decode_attention.py [--sweep]
+
+32 q heads / 8 kv heads / head_dim 128, bf16, block_size 64 (the engine default), every sequence at the
+full context. The Triton path is timed as CUDA-graph replays (what the engine's decode runs); the
+reference as eager calls. Bandwidth counts the fewest bytes the kernel must move: each sequence's K and
+V once, q read once, out written once; the ceiling is a large device-to-device copy measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import triton
+
+from interndeploy.kernels import reference
+from interndeploy.kernels.decode_attention import decode_attention, pick_num_splits
+from interndeploy.testing.attention import assign_block_tables, make_decode_metadata
+
+HQ, HKV, D, BLOCK = 32, 8, 128, 64
+DTYPE = torch.bfloat16
+
+
+def copy_bandwidth() -> float:
+    """Bytes read + written per second by a 2 GiB device-to-device copy."""
+    src = torch.randn(1 << 29, device="cuda")
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
+    return 2 * src.numel() * 4 / (ms * 1e-3)
+
+
+def setup(batch: int, ctx: int):
+    tables, num_blocks = assign_block_tables([ctx] * batch, BLOCK, seed=batch)
+    k_cache = torch.randn(num_blocks, BLOCK, HKV, D, dtype=DTYPE, device="cuda")
+    v_cache = torch.randn_like(k_cache)
+    meta = make_decode_metadata([ctx] * batch, BLOCK, tables, "cuda")
+    q = torch.randn(batch, HQ, D, dtype=DTYPE, device="cuda")
+    return q, k_cache, v_cache, meta
+
+
+def graph_ms(fn) -> float:
+    return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
+
+
+SCALE = D**-0.5
+
+
+def bench_shape(batch: int, ctx: int, ceiling: float, sweep: bool) -> None:
+    q, k_cache, v_cache, meta = setup(batch, ctx)
+    out = torch.empty_like(q)
+
+    def run(**kw) -> None:
+        decode_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, SCALE, out=out, **kw)
+
+    def run_reference() -> None:
+        reference.paged_attention(q, k_cache, v_cache, meta, SCALE)
+
+    run()
+    err = (out.float() - reference.paged_attention(q, k_cache, v_cache, meta, SCALE).float()).abs().max().item()
+    assert err < 3e-2, f"batch {batch} ctx {ctx}: max error {err}"
+    ms = graph_ms(run)
+    ref_ms = triton.testing.do_bench(run_reference, warmup=5, rep=50, return_mode="median")
+    bw = (2 * batch * ctx * HKV * D * 2 + 2 * q.numel() * 2) / (ms * 1e-3)
+    splits = pick_num_splits(batch * HKV, meta.block_tables.shape[1] * BLOCK, q.device)
+    print(
+        f"{batch:>5} {ctx:>5} {splits:>6} {ms * 1e3:>10.1f} {bw / 1e12:>6.2f} {100 * bw / ceiling:>6.1f}% "
+        f"{ref_ms * 1e3:>10.1f} {ref_ms / ms:>7.1f}x"
+    )
+    if sweep and ctx == 4096:
+        for block_n in (32, 64, 128):
+            for warps in (4, 8):
+                t = graph_ms(lambda n=block_n, w=warps: run(block_n=n, num_warps=w))
+                print(f"      sweep block_n={block_n:<3} num_warps={warps}: {t * 1e3:.1f} us")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sweep", action="store_true", help="also time block_n / num_warps variants")
+    args = parser.parse_args()
+    props = torch.cuda.get_device_properties(0)
+    ceiling = copy_bandwidth()
+    print(f"{props.name}, {props.multi_processor_count} SMs; device-to-device copy {ceiling / 1e12:.2f} TB/s")
+    print(f"decode attention: Hq={HQ} Hkv={HKV} D={D} bf16 block_size={BLOCK}")
+    head = ("batch", "ctx", "splits", "triton us", "TB/s", "% copy", "ref us", "speedup")
+    print("{:>5} {:>5} {:>6} {:>10} {:>6} {:>7} {:>10} {:>8}".format(*head))
+    for batch in (1, 32, 128):
+        for ctx in (512, 4096):
+            bench_shape(batch, ctx, ceiling, args.sweep)
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Paged split-K decode attention (Triton) against reference.paged_attention."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from interndeploy.kernels import reference
+from interndeploy.kernels.decode_attention import decode_attention
+from interndeploy.testing.attention import assign_block_tables, make_decode_metadata, make_prefill_metadata
+
+pytestmark = pytest.mark.gpu
+
+SHORT = [1, 17, 100, 64, 3]  # 1, non-multiples of the block size, one exact multiple
+LONG = [4100, 1, 5000, 777]  # split-K territory, beside short sequences
+
+
+def _paged_cache(seq_lens, block_size, hkv, d, dtype, device, seed=0):
+    """A NaN-poisoned paged cache with random K/V in each sequence's slots, and its decode metadata."""
+    tables, num_blocks = assign_block_tables(seq_lens, block_size, seed=seed)
+    k_cache = torch.full((num_blocks + 3, block_size, hkv, d), float("nan"), dtype=dtype, device=device)
+    v_cache = torch.full_like(k_cache, float("nan"))
+    meta = make_decode_metadata(seq_lens, block_size, tables, device)
+    slots = make_prefill_metadata(seq_lens, block_size, tables, device).slot_mapping  # every token's slot
+    n = len(slots)
+    reference.store_kvcache(
+        torch.randn(n, hkv, d, dtype=dtype, device=device),
+        torch.randn(n, hkv, d, dtype=dtype, device=device),
+        k_cache,
+        v_cache,
+        slots,
+    )
+    return k_cache, v_cache, meta
+
+
+@pytest.mark.parametrize("seq_lens", [SHORT, LONG], ids=["short", "long"])
+@pytest.mark.parametrize(("d", "block_size"), [(128, 16), (64, 64), (128, 64)])
+@pytest.mark.parametrize(("hq", "hkv"), [(8, 8), (32, 8), (32, 4)], ids=["mha", "gqa4", "gqa8"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_matches_reference(device, assert_attention_close, seq_lens, d, block_size, hq, hkv, dtype) -> None:
+    torch.manual_seed(1)
+    k_cache, v_cache, meta = _paged_cache(seq_lens, block_size, hkv, d, dtype, device)
+    q = torch.randn(len(seq_lens), hq, d, dtype=dtype, device=device)
+    scale = 1 / math.sqrt(d)
+    out = torch.full_like(q, float("nan"))
+    decode_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale, out=out)
+    assert_attention_close(out, reference.paged_attention(q, k_cache, v_cache, meta, scale))
+
+
+@pytest.mark.parametrize("num_splits", [1, 3, 8, 64])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_any_split_count(device, assert_attention_close, num_splits: int, dtype: torch.dtype) -> None:
+    """Split counts above a sequence's blocks leave splits empty; the reduce must ignore them."""
+    torch.manual_seed(2)
+    k_cache, v_cache, meta = _paged_cache([300, 1, 65, 2049], 16, 2, 96, dtype, device)  # head_dim not 2^k
+    q = torch.randn(4, 8, 96, dtype=dtype, device=device)
+    out = decode_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, 0.1, num_splits=num_splits)
+    assert_attention_close(out, reference.paged_attention(q, k_cache, v_cache, meta, 0.1))
+
+
+def test_empty_sequence_gives_zeros(device, assert_attention_close) -> None:
+    """A CUDA-graph padding row (seq_len 0) must not produce NaN."""
+    k_cache, v_cache, meta = _paged_cache([40, 1], 16, 2, 64, torch.float16, device)
+    seq_lens = meta.seq_lens.clone()
+    seq_lens[1] = 0
+    q = torch.randn(2, 4, 64, dtype=torch.float16, device=device)
+    for splits in (1, 4):
+        out = decode_attention(q, k_cache, v_cache, meta.block_tables, seq_lens, 0.125, num_splits=splits)
+        assert (out[1] == 0).all()
+        assert_attention_close(out[:1], reference.paged_attention(q, k_cache, v_cache, meta, 0.125)[:1])
