@@ -11,11 +11,13 @@ SHAPES: dict[str, dict] = {
         architectures=["InternLM2ForCausalLM"], model_type="internlm2", hidden_size=2048, num_hidden_layers=24,
         num_attention_heads=16, num_key_value_heads=8, intermediate_size=8192, vocab_size=92544,
         max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-5, bias=False,
+        rope_scaling={"type": "dynamic", "factor": 2.0},
     ),
     "internlm2_5-7b": dict(
         architectures=["InternLM2ForCausalLM"], model_type="internlm2", hidden_size=4096, num_hidden_layers=32,
         num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336, vocab_size=92544,
         max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-5, bias=False,
+        rope_scaling={"type": "dynamic", "factor": 2.0},
     ),
     # for smoke tests on CPU
     "internlm2-tiny": dict(
