@@ -4,7 +4,7 @@
 set -uo pipefail
 SHAPE=${1:-internlm2_5-7b}
 ANCHOR=${2:-}
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-}:$(pwd)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -m interndeploy.cli.main bench latency "$SHAPE" --input-len 128 --output-len 256 --json
 python3 -m interndeploy.cli.main bench throughput "$SHAPE" --input-len 128 --output-len 256 --num-prompts 256 \

@@ -50,9 +50,10 @@ def rope_config(config: Any) -> tuple[float, dict[str, Any]]:
 
 
 def _inv_freq(base: float | torch.Tensor, dim: int) -> torch.Tensor:
+    if isinstance(base, torch.Tensor):  # made on base's device: no host copy, so it can be graph-captured
+        exponent = torch.arange(0, dim, 2, dtype=torch.int64, device=base.device).float() / dim
+        return 1.0 / (base[..., None] ** exponent)
     exponent = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
-    if isinstance(base, torch.Tensor):
-        return 1.0 / (base[..., None] ** exponent.to(base.device))
     return 1.0 / (base**exponent)
 
 
