@@ -6,14 +6,16 @@ import argparse
 import logging
 import sys
 
-from . import bench, chat
+from . import bench, chat, lite, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interndeploy", description="Deploy and serve InternLM-family models")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chat.add_parser(sub)
+    serve.add_parser(sub)
     bench.add_parser(sub)
+    lite.add_parser(sub)
     return parser
 
 

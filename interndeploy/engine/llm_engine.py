@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..config import EngineConfig
 from ..model_dir import ModelInfo
@@ -83,7 +83,9 @@ class LLMEngine:
         samples = []
         now = time.monotonic()
         for i in range(req.n):
-            seq = Sequence(list(req.prompt_token_ids), req.params, max_total_tokens=max_total, arrival_time=now)
+            # the n samples of a seeded request are distinct but each reproducible: seed, seed + 1, ...
+            params = req.params if req.params.seed is None or i == 0 else replace(req.params, seed=req.params.seed + i)
+            seq = Sequence(list(req.prompt_token_ids), params, max_total_tokens=max_total, arrival_time=now)
             detok = IncrementalDetokenizer(
                 self.tokenizer,
                 skip_special_tokens=req.skip_special_tokens,

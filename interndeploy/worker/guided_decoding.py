@@ -96,12 +96,12 @@ class GrammarBackend:
 
     def mask_logits(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         """Set the logits of tokens the grammar forbids to -inf, for the guided rows only."""
-        import llguidance.torch as llt
-        from llguidance import LLMatcher
-
         rows = [i for i, s in enumerate(seqs) if s.params.grammar]
         if not rows:
             return
+        import llguidance.torch as llt
+        from llguidance import LLMatcher
+
         mask = llt.allocate_token_bitmask(len(rows), logits.shape[-1])
         for j, i in enumerate(rows):
             seq = seqs[i]
