@@ -33,6 +33,7 @@ class EngineConfig:
     device: str | None = None  # cuda | cpu | None (cuda when available)
     eager_mode: bool = False  # no CUDA graphs for decode
     load_format: str = "auto"  # auto: read the checkpoint; dummy: random weights at the config's shapes
+    language_model_only: bool = False  # serve a multimodal checkpoint (Intern-S1, InternVL) as its language model
     cpu_kv_budget_gib: float = 2.0  # on CPU, the "free memory" that cache_max_entry_count is a fraction of
     download_dir: str | None = None
     revision: str | None = None

@@ -1,4 +1,17 @@
-"""Find a model directory (local path or offline Hugging Face cache) and read what it declares."""
+"""Find a model directory (local path or offline Hugging Face cache) and read what it declares.
+
+A multimodal checkpoint (Intern-S1, Intern-S1-mini, InternVL) is served as its language model when its
+architecture is not implemented or `language_model_only` is asked:
+
+    architectures                        language config   checkpoint name -> ours
+    InternS1ForConditionalGeneration     text_config       model.language_model.X -> model.X, lm_head.X kept
+    InternVLForConditionalGeneration     text_config       (same)
+    InternVLChatModel                    llm_config        language_model.X -> X
+
+`ModelInfo.config` is then the language model's config (with the top level's quantization_config,
+dtype and token ids where it has none), `root_config` the file as written, and `weight_prefixes` the
+renames the loader applies (tensors under no prefix, the vision tower and projector, are skipped).
+"""
 
 from __future__ import annotations
 
@@ -18,8 +31,15 @@ class ModelDirError(ValueError):
 class ModelInfo:
     path: Path  # the resolved local directory
     name: str  # the name the user gave (path or repo id)
-    config: dict[str, Any]  # config.json of the language model
+    config: dict[str, Any]  # config.json of the language model (a section of it for a multimodal checkpoint)
     generation_config: dict[str, Any] = field(default_factory=dict)  # generation_config.json, or {}
+    root_config: dict[str, Any] | None = None  # config.json as written, when `config` is a section of it
+    weight_prefixes: tuple[tuple[str, str], ...] = ()  # (checkpoint prefix, ours) when loading a section
+
+    @property
+    def language_model_only(self) -> bool:
+        """A multimodal checkpoint served as its language model."""
+        return self.root_config is not None
 
     @property
     def architecture(self) -> str:
@@ -30,7 +50,8 @@ class ModelInfo:
 
     @property
     def model_type(self) -> str | None:
-        return self.config.get("model_type")
+        """The checkpoint's model_type (the multimodal one, e.g. interns1, which picks the chat template)."""
+        return (self.root_config or self.config).get("model_type")
 
     @property
     def hf_config(self) -> SimpleNamespace:
@@ -103,7 +124,68 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ModelDirError(f"cannot read {path}: {e}") from None
 
 
-def load_model_info(model: str | os.PathLike, revision: str | None = None, allow_no_weights: bool = False) -> ModelInfo:
+# multimodal architecture -> (key of the language model's config, checkpoint prefix -> ours, in order)
+_HF_VLM_PREFIXES = (("model.language_model.", "model."), ("lm_head.", "lm_head."),
+                    ("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."))  # fmt: skip
+MULTIMODAL: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "InternS1ForConditionalGeneration": ("text_config", _HF_VLM_PREFIXES),
+    "InternVLForConditionalGeneration": ("text_config", _HF_VLM_PREFIXES),
+    "InternVLChatModel": ("llm_config", (("language_model.", ""),)),
+}
+# model_type -> architecture, for a language config that names none
+_ARCH_OF_MODEL_TYPE = {
+    "qwen3": "Qwen3ForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "internlm2": "InternLM2ForCausalLM",
+    "internlm3": "InternLM3ForCausalLM",
+}
+# top-level keys a language config inherits when it has none of its own
+_INHERITED = ("quantization_config", "torch_dtype", "dtype", "bos_token_id", "eos_token_id", "pad_token_id",
+              "tie_word_embeddings")  # fmt: skip
+
+
+def language_model_section(
+    root: dict[str, Any], cfg_path: Path
+) -> tuple[dict[str, Any], tuple[tuple[str, str], ...]] | None:
+    """(the language model's config, weight prefixes) of a multimodal config.json, or None for any other."""
+    arch = next((a for a in root.get("architectures") or [] if a in MULTIMODAL), None)
+    if arch is None:
+        return None
+    key, prefixes = MULTIMODAL[arch]
+    section = root.get(key)
+    if not isinstance(section, dict):
+        raise ModelDirError(f"{cfg_path} is a {arch} config without the {key} of its language model")
+    config = dict(section)
+    if not config.get("architectures"):
+        arch_of_type = _ARCH_OF_MODEL_TYPE.get(str(config.get("model_type")))
+        if arch_of_type is None:
+            raise ModelDirError(
+                f"{cfg_path}: the {key} of {arch} names no architectures and an unknown model_type "
+                f"{config.get('model_type')!r}"
+            )
+        config["architectures"] = [arch_of_type]
+    for name in _INHERITED:
+        if config.get(name) is None and root.get(name) is not None:
+            config[name] = root[name]
+    return config, prefixes
+
+
+def _is_implemented(architectures: list[str]) -> bool:
+    from interndeploy.models.registry import supported_architectures
+
+    return any(a in supported_architectures() for a in architectures)
+
+
+def load_model_info(
+    model: str | os.PathLike,
+    revision: str | None = None,
+    allow_no_weights: bool = False,
+    language_model_only: bool = False,
+) -> ModelInfo:
+    """Resolve `model` and read its configs. A multimodal checkpoint whose architecture is not implemented
+    (or any, with `language_model_only`) comes back as its language model (see the module docstring)."""
     path = resolve_model_path(model, revision)
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
@@ -114,4 +196,8 @@ def load_model_info(model: str | os.PathLike, revision: str | None = None, allow
     has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin")) or any(path.glob("*.pt"))
     if not has_weights and not allow_no_weights:
         raise ModelDirError(f"model directory {path} has no *.safetensors or *.bin weights")
+    section = language_model_section(config, cfg_path)
+    if section is not None and (language_model_only or not _is_implemented(config.get("architectures") or [])):
+        lm_config, prefixes = section
+        return ModelInfo(path, str(model), lm_config, gen, root_config=config, weight_prefixes=prefixes)
     return ModelInfo(path=path, name=str(model), config=config, generation_config=gen)

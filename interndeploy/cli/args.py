@@ -27,6 +27,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=["auto", "float16", "bfloat16", "float32"], default="auto")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--eager-mode", action="store_true", help="no CUDA graphs")
+    g.add_argument("--language-model-only", action="store_true", help="serve a multimodal model's language model only")
     g.add_argument("--chat-template", default=None, help="built-in template name or a JSON file")
     g.add_argument("--revision", default=None, help="Hugging Face cache revision")
     g.add_argument("--download-dir", default=None, help="accepted for LMDeploy compatibility")
@@ -47,7 +48,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         raise _not_yet("--dp/--ep", "data and expert parallelism")
     if args.quant_policy:
         raise _not_yet(f"--quant-policy {args.quant_policy}", "KV cache quantization")
-    if args.model_format not in (None, "hf"):
+    if args.model_format not in (None, "hf", "awq", "fp8"):
         raise _not_yet(f"--model-format {args.model_format}", "quantized weights")
     return EngineConfig(
         tp=args.tp,
@@ -62,6 +63,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         dtype=args.dtype,
         device=args.device,
         eager_mode=args.eager_mode,
+        language_model_only=args.language_model_only,
         revision=args.revision,
         cpu_kv_budget_gib=args.cpu_kv_budget_gib,
     )

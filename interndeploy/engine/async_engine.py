@@ -47,7 +47,9 @@ class AsyncEngine:
         model_name: str | None = None,
     ) -> None:
         self.cfg = backend_config or EngineConfig()
-        self.info: ModelInfo = load_model_info(model, self.cfg.revision, self.cfg.load_format == "dummy")
+        self.info: ModelInfo = load_model_info(
+            model, self.cfg.revision, self.cfg.load_format == "dummy", self.cfg.language_model_only
+        )
         self.model_name = model_name or str(model)
         self.tokenizer = Tokenizer.from_dir(self.info.path)
         self.chat_template = ChatTemplate.resolve(

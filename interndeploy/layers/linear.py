@@ -8,10 +8,16 @@
 
 Each rank holds the rank's slice of every packed part, in the same order: rank r's qkv weight is
 [q_r | k_r | v_r]. The quant method decides what parameters a layer has and how it multiplies;
-the unquantized method holds weight [out, in] (+ bias [out]).
+the unquantized method holds weight [out, in] (+ bias [out]). A layer built without an explicit method
+asks the factory set by `default_linear_method` (the model builder sets it for a quantized checkpoint),
+so model files never name a quantization format. A parameter packed along its output dim (int4: 8 per
+int32) carries `packed_dim` and `pack_factor`, and packed-module offsets are divided by the factor.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +47,26 @@ class LinearMethod:
         return F.linear(x, layer.weight, bias)
 
 
+LinearMethodFactory = Callable[["LinearBase"], "LinearMethod | None"]
+_method_factory: LinearMethodFactory | None = None
+
+
+@contextmanager
+def default_linear_method(factory: LinearMethodFactory | None) -> Iterator[None]:
+    """Layers built inside the block without a quant method get `factory(layer)` (None = unquantized)."""
+    global _method_factory
+    prev, _method_factory = _method_factory, factory
+    try:
+        yield
+    finally:
+        _method_factory = prev
+
+
+def linear_method_factory() -> LinearMethodFactory | None:
+    """The factory of the enclosing `default_linear_method` block, if any (FusedMoE asks it for its method)."""
+    return _method_factory
+
+
 class LinearBase(nn.Module):
     """`input_size`/`output_size` are this rank's sizes; subclasses decide which one is sharded."""
 
@@ -56,6 +82,8 @@ class LinearBase(nn.Module):
         self.tp_rank, self.tp_size = tp_rank_and_size()
         self.input_size = input_size
         self.output_size = output_size
+        if quant_method is None and _method_factory is not None:
+            quant_method = _method_factory(self)
         self.quant_method = quant_method or LinearMethod()
         self.quant_method.create_weights(self, input_size, output_size, bias, dtype)
         for param in self.parameters(recurse=False):
@@ -141,6 +169,8 @@ class MergedColumnLinear(ColumnLinear):
             # an already packed checkpoint tensor (or a parameter with no output dim, e.g. a scalar scale)
             return super().weight_loader(param, loaded)
         offset, size = self._shard(shard_id)
+        if getattr(param, "packed_dim", None) == dim:  # e.g. int4 packed 8 per int32 along the output dim
+            offset, size = offset // param.pack_factor, size // param.pack_factor
         _copy(param.data.narrow(dim, offset, size), _rank_slice(loaded, dim, self.tp_rank, size, self.tp_size))
 
 

@@ -4,23 +4,25 @@
                          post_attention_layernorm -> mlp (gate_up_proj, silu*mul, down_proj)] -> norm -> lm_head
 
 The residual stream travels beside the hidden states so each RMSNorm fuses the residual add.
+Variants (InternLM2/3, Qwen3, Qwen3-MoE) override `decoder_spec` and `make_layer` (their own attention
+or MLP module in a layer) and, for other checkpoint names, `remap_checkpoint_name`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from interndeploy.kernels.reference import apply_rotary
 from interndeploy.layers.activation import SiluAndMul
 from interndeploy.layers.attention import Attention
 from interndeploy.layers.embedding import LMHead, VocabEmbedding
 from interndeploy.layers.layernorm import RMSNorm
 from interndeploy.layers.linear import MergedColumnLinear, QKVLinear, RowLinear
-from interndeploy.layers.rotary import get_rope
+from interndeploy.layers.rotary import apply_rotary, get_rope
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +37,19 @@ class DecoderSpec:
     num_kv_heads: int
     head_dim: int
     rms_norm_eps: float
-    attention_bias: bool  # bias on q, k, v and o
+    attention_bias: bool  # bias on q, k, v (and o unless o_proj_bias says otherwise)
     mlp_bias: bool  # bias on gate, up and down
     tie_word_embeddings: bool
+    o_proj_bias: bool | None = None  # bias on o; None: as attention_bias (resolved when the spec is made)
+
+    def __post_init__(self) -> None:
+        if self.o_proj_bias is None:
+            object.__setattr__(self, "o_proj_bias", self.attention_bias)
 
     @classmethod
-    def from_config(cls, config: Any, *, attention_bias: bool, mlp_bias: bool) -> DecoderSpec:
+    def from_config(
+        cls, config: Any, *, attention_bias: bool, mlp_bias: bool, o_proj_bias: bool | None = None
+    ) -> DecoderSpec:
         act = getattr(config, "hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"hidden_act {act!r} is not supported (only silu)")
@@ -57,6 +66,7 @@ class DecoderSpec:
             attention_bias=attention_bias,
             mlp_bias=mlp_bias,
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            o_proj_bias=o_proj_bias,
         )
 
 
@@ -66,17 +76,20 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = QKVLinear(
             spec.hidden_size, spec.head_dim, spec.num_heads, spec.num_kv_heads, bias=spec.attention_bias
         )
-        self.o_proj = RowLinear(spec.num_heads * spec.head_dim, spec.hidden_size, bias=spec.attention_bias)
+        self.o_proj = RowLinear(spec.num_heads * spec.head_dim, spec.hidden_size, bias=spec.o_proj_bias)
         heads, kv_heads, head_dim = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, spec.head_dim
         self.split = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
         self.attn = Attention(heads, head_dim, head_dim**-0.5, kv_heads)
 
+    def norm_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q [T, Hq, D], k [T, Hkv, D] before the rotation: unchanged here, per-head RMSNorm in Qwen3."""
+        return q, k
+
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden).split(self.split, dim=-1)
         attn = self.attn
-        q, k = apply_rotary(
-            q.view(-1, attn.num_heads, attn.head_dim), k.view(-1, attn.num_kv_heads, attn.head_dim), cos, sin
-        )
+        q, k = self.norm_qk(q.view(-1, attn.num_heads, attn.head_dim), k.view(-1, attn.num_kv_heads, attn.head_dim))
+        q, k = apply_rotary(q, k, cos, sin)
         return self.o_proj(attn(q.flatten(1), k.flatten(1), v))
 
 
@@ -93,12 +106,12 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, spec: DecoderSpec) -> None:
+    def __init__(self, spec: DecoderSpec, self_attn: nn.Module | None = None, mlp: nn.Module | None = None) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
-        self.self_attn = LlamaAttention(spec)
+        self.self_attn = self_attn if self_attn is not None else LlamaAttention(spec)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
-        self.mlp = LlamaMLP(spec)
+        self.mlp = mlp if mlp is not None else LlamaMLP(spec)
 
     def forward(
         self, hidden: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor
@@ -114,11 +127,12 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, spec: DecoderSpec, config: Any) -> None:
+    def __init__(self, spec: DecoderSpec, config: Any, make_layer: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(spec.vocab_size, spec.hidden_size)
         self.rotary_emb = get_rope(config, spec.head_dim)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(spec) for _ in range(spec.num_layers))
+        make_layer = make_layer or (lambda _: LlamaDecoderLayer(spec))
+        self.layers = nn.ModuleList(make_layer(i) for i in range(spec.num_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -146,7 +160,7 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.spec = self.decoder_spec(config)
-        self.model = LlamaModel(self.spec, config)
+        self.model = LlamaModel(self.spec, config, self.make_layer)
         self.lm_head = LMHead(self.spec.vocab_size, self.spec.hidden_size)
         if self.spec.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -158,6 +172,10 @@ class LlamaForCausalLM(nn.Module):
             attention_bias=bool(getattr(config, "attention_bias", False)),
             mlp_bias=bool(getattr(config, "mlp_bias", False)),
         )
+
+    def make_layer(self, layer_idx: int) -> nn.Module:
+        """Decoder layer `layer_idx` (called while building, after `self.spec` and `self.config` are set)."""
+        return LlamaDecoderLayer(self.spec)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """input_ids, positions [T] (all scheduled tokens, flattened) -> hidden [T, H]."""

@@ -6,7 +6,6 @@ compare `PagedRun` logits with `hf_logits` / `hf_cached_decode`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,22 +14,28 @@ from typing import Any
 import torch
 from torch import nn
 
+from interndeploy.model_dir import load_model_info
 from interndeploy.models.loader import load_weights
 from interndeploy.models.registry import get_model_class
+from interndeploy.quant.formats import linear_methods, resolve_weight_format
 from interndeploy.testing.attention import PagedBatch, attach_kv_caches, detach_kv_caches
 from interndeploy.worker.forward_context import forward_context
 
 
 def load_our_model(model_dir: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Our model for a directory, built from its raw config.json, weights loaded, in `dtype`."""
-    config = SimpleNamespace(**json.loads((Path(model_dir) / "config.json").read_text()))
+    """Our model for a directory, built from its raw config.json (quantized if it says so; the language
+    model of a multimodal checkpoint), weights loaded."""
+    info = load_model_info(model_dir)
+    raw = info.config
+    config = SimpleNamespace(**raw)
     prev = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        model = get_model_class(config.architectures)(config)
+        with linear_methods(raw, resolve_weight_format(raw, None, model_dir)):
+            model = get_model_class(config.architectures)(config)
     finally:
         torch.set_default_dtype(prev)
-    load_weights(model, model_dir, dtype)
+    load_weights(model, model_dir, dtype, info.weight_prefixes)
     return model.eval()
 
 

@@ -151,30 +151,21 @@ def _internlm2_shapes(c: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def build_internlm2_dir(
-    out_dir: Path,
+def internlm2_config(
     *,
-    hidden_size: int = 64,
-    intermediate_size: int = 128,
-    num_hidden_layers: int = 2,
-    num_attention_heads: int = 4,
-    num_key_value_heads: int = 2,
-    vocab_size: int | None = None,
+    hidden_size: int,
+    intermediate_size: int,
+    num_hidden_layers: int,
+    num_attention_heads: int,
+    num_key_value_heads: int,
     max_position_embeddings: int = 2048,
     rope_theta: float = 10000.0,
     rope_scaling: dict[str, Any] | None = None,
     bias: bool = False,
     rms_norm_eps: float = 1e-5,
-    num_shards: int = 2,
-    tokenizer: TokenizerKind = "bpe",
-    chat_template: str | None = INTERNLM2_CHAT_TEMPLATE,
-    seed: int = 0,
-    eos_token_id: list[int] | None = None,
-    torch_dtype: str = "float32",
-    weights_format: WeightsFormat = "safetensors",
-) -> Path:
-    """An InternLM2 directory as published (remote-code auto_map, grouped wqkv); eos = [</s>, <|im_end|>]."""
-    config = {
+) -> dict[str, Any]:
+    """config.json of an InternLM2 checkpoint as published (remote-code auto_map), less vocab and token ids."""
+    return {
         "architectures": ["InternLM2ForCausalLM"],
         "auto_map": {
             "AutoConfig": "configuration_internlm2.InternLM2Config",
@@ -200,6 +191,43 @@ def build_internlm2_dir(
         "transformers_version": "4.41.0",
         "use_cache": True,
     }
+
+
+def build_internlm2_dir(
+    out_dir: Path,
+    *,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    vocab_size: int | None = None,
+    max_position_embeddings: int = 2048,
+    rope_theta: float = 10000.0,
+    rope_scaling: dict[str, Any] | None = None,
+    bias: bool = False,
+    rms_norm_eps: float = 1e-5,
+    num_shards: int = 2,
+    tokenizer: TokenizerKind = "bpe",
+    chat_template: str | None = INTERNLM2_CHAT_TEMPLATE,
+    seed: int = 0,
+    eos_token_id: list[int] | None = None,
+    torch_dtype: str = "float32",
+    weights_format: WeightsFormat = "safetensors",
+) -> Path:
+    """An InternLM2 directory as published (remote-code auto_map, grouped wqkv); eos = [</s>, <|im_end|>]."""
+    config = internlm2_config(
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        max_position_embeddings=max_position_embeddings,
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
+        bias=bias,
+        rms_norm_eps=rms_norm_eps,
+    )
     return _build_dir(
         out_dir,
         config=config,
@@ -333,14 +361,51 @@ def _internlm2_to_llama(name: str, tensor: torch.Tensor, c: dict[str, Any]) -> d
     return {name: tensor}
 
 
+def llama_to_internlm2(state: dict[str, torch.Tensor], c: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """HF Llama tensors as an InternLM2 checkpoint: the inverse of `_internlm2_to_llama` (q/k/v packed grouped)."""
+    heads, kv = c["num_attention_heads"], c["num_key_value_heads"]
+    q_per_kv = heads // kv
+    renames = {
+        "model.embed_tokens.": "model.tok_embeddings.",
+        ".self_attn.o_proj.": ".attention.wo.",
+        ".mlp.gate_proj.": ".feed_forward.w1.",
+        ".mlp.up_proj.": ".feed_forward.w3.",
+        ".mlp.down_proj.": ".feed_forward.w2.",
+        ".input_layernorm.": ".attention_norm.",
+        ".post_attention_layernorm.": ".ffn_norm.",
+    }
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if "rotary_emb" in name or ".self_attn.k_proj." in name or ".self_attn.v_proj." in name:
+            continue
+        if name.startswith("lm_head."):
+            out["output." + name.removeprefix("lm_head.")] = tensor
+        elif ".self_attn.q_proj." in name:
+            prefix, suffix = name.split(".self_attn.q_proj.")
+            q = tensor.unflatten(0, (kv, q_per_kv, -1))  # [kv, q_per_kv, head_dim, (hidden)]
+            k = state[f"{prefix}.self_attn.k_proj.{suffix}"].unflatten(0, (kv, 1, -1))
+            v = state[f"{prefix}.self_attn.v_proj.{suffix}"].unflatten(0, (kv, 1, -1))
+            out[f"{prefix}.attention.wqkv.{suffix}"] = torch.cat((q, k, v), dim=1).flatten(0, 2)
+        else:
+            for old, new in renames.items():
+                name = name.replace(old, new)
+            out[name] = tensor
+    return out
+
+
 def hf_reference_model(model_dir: Path) -> Any:
-    """transformers.LlamaForCausalLM with the directory's weights (fp32, eval, eager attention)."""
+    """transformers.LlamaForCausalLM with the directory's weights (fp32, eval, eager attention); for
+    InternLM3 / Qwen3 / Qwen3-MoE directories, tiny_archs.hf_reference."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from interndeploy.models.loader import iter_checkpoint
 
     model_dir = Path(model_dir)
     c = json.loads((model_dir / "config.json").read_text())
+    if set(c.get("architectures", [])) & {"InternLM3ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM"}:
+        from interndeploy.testing.tiny_archs import hf_reference
+
+        return hf_reference(model_dir)
     is_internlm2 = "InternLM2ForCausalLM" in c.get("architectures", [])
     fields = dict(c)
     for key in ("architectures", "auto_map", "model_type", "bias", "torch_dtype", "attn_implementation"):

@@ -53,7 +53,8 @@ def intern_s1_variant(config: dict[str, Any], names: list[str]) -> str | None:
 
 def server_gen_defaults(info: ModelInfo, model_name: str | None = None) -> GenerationConfig:
     """The GenerationConfig a request starts from (sampling on; a request's temperature 0 makes it greedy)."""
-    variant = intern_s1_variant(info.config, [n for n in (model_name, info.name, str(info.path)) if n])
+    names = [n for n in (model_name, info.name, str(info.path)) if n]
+    variant = intern_s1_variant(info.root_config or info.config, names)
     values: dict[str, Any] = dict(RECOMMENDED.get(variant, {})) if variant else {}
     gen = info.generation_config
     values.update({k: gen[k] for k in _GEN_KEYS if gen.get(k) is not None})
