@@ -11,7 +11,7 @@ import torch
 
 from ..config import EngineConfig, GenerationConfig
 from ..engine.async_engine import AsyncEngine
-from .shapes import is_shape_name, shape_model_dir, weight_bytes_read_per_token
+from .shapes import is_shape_name, param_bytes_read_per_token, shape_model_dir, weight_bytes_read_per_token
 from .stats import RequestTiming, summarize
 
 
@@ -100,7 +100,10 @@ def run_latency(engine: AsyncEngine, input_len: int, output_len: int, repeats: i
     kv = runner.kv
     kv_bytes_per_token = kv.bytes_per_block // kv.block_size
     avg_context = input_len + output_len / 2
-    bytes_per_step = weight_bytes_read_per_token(engine.info.config, elem) + kv_bytes_per_token * avg_context
+    weights = weight_bytes_read_per_token(engine.info.config, elem)
+    if getattr(runner, "weight_format", "hf") != "hf":  # quantized: what the packed parameters hold
+        weights = param_bytes_read_per_token(runner.model)
+    bytes_per_step = weights + kv_bytes_per_token * avg_context
     bw = copy_bandwidth(runner.device)
     ideal = bytes_per_step / bw
     return {

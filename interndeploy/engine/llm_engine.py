@@ -70,7 +70,9 @@ class LLMEngine:
         vocab = int(info.config.get("vocab_size") or tokenizer.vocab_size)
         self.grammar = GrammarBackend(tokenizer, vocab, eos_token_ids or [])
         self.runner.grammar = self.grammar
-        logger.info(memory_report(self.runner.weight_bytes, self.runner.kv, self.runner.device))
+        fmt = getattr(self.runner, "weight_format", "hf")
+        note = f"{fmt} (quantized linears at their packed size)" if fmt != "hf" else ""
+        logger.info(memory_report(self.runner.weight_bytes, self.runner.kv, self.runner.device, note))
 
     @property
     def has_work(self) -> bool:

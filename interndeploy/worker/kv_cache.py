@@ -76,9 +76,9 @@ def plan_kv_cache(
     return KVCacheSpec(layers, kv_heads, head_dim, dtype, cfg.block_size, num_blocks, per_block, free, basis)
 
 
-def memory_report(weight_bytes: int, kv: KVCacheSpec, device: torch.device) -> str:
+def memory_report(weight_bytes: int, kv: KVCacheSpec, device: torch.device, weights_note: str = "") -> str:
     """The start-up table: weights, KV cache and the rest, as seed 004 computes by hand."""
-    rows = [("weights", f"{weight_bytes / GiB:.3f} GiB", "")]
+    rows = [("weights", f"{weight_bytes / GiB:.3f} GiB", weights_note)]
     rows.append(
         (
             "kv cache",

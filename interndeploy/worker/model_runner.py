@@ -17,6 +17,7 @@ from ..layers.rotary import RotaryEmbedding
 from ..model_dir import ModelInfo
 from ..models.loader import init_dummy_weights, load_weights
 from ..models.registry import get_model_class
+from ..quant.formats import linear_methods, resolve_weight_format
 from .cuda_graph import DecodeCudaGraphs
 from .forward_context import AttentionMetadata, forward_context
 from .guided_decoding import GrammarBackend
@@ -64,17 +65,18 @@ class ModelRunner:
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, info.config, self.device)
         model_cls = get_model_class(info.config.get("architectures") or [])
+        self.weight_format = resolve_weight_format(info.config, cfg.model_format, info.path, cfg.load_format == "dummy")
         prev_dtype = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
         try:
-            with torch.device(self.device):
+            with torch.device(self.device), linear_methods(info.config, self.weight_format):
                 self.model = model_cls(info.hf_config)
         finally:
             torch.set_default_dtype(prev_dtype)
         if cfg.load_format == "dummy":
             init_dummy_weights(self.model)
         else:
-            load_weights(self.model, info.path, self.dtype)
+            load_weights(self.model, info.path, self.dtype, info.weight_prefixes)
         self.model.eval()
         for module in self.model.modules():  # session_len may exceed max_position_embeddings
             if isinstance(module, RotaryEmbedding):
