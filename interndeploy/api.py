@@ -6,6 +6,8 @@
     pipe([{"role": "user", ...}, ...])  -> Response (one conversation)
     pipe.stream_infer(...)              -> Response deltas as they are generated
     pipe.chat("hi", session)            -> Session (multi-turn)
+    pipe(("describe it", image))        -> Response (a vision-language model; image: PIL, URL or path)
+    pipe([("a", img1), ("b", [i2, i3])]) -> [Response, Response]
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class Pipeline:
         chat_template_config: ChatTemplateConfig | None = None,
         **kwargs: Any,
     ) -> None:
-        self.engine = AsyncEngine(model_path, backend_config, chat_template_config, model_name=kwargs.get("model_name"))
+        self.engine = AsyncEngine(model_path, backend_config, chat_template_config, model_name=kwargs.get("model_name"),
+                                  vision_config=kwargs.get("vision_config"))
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="interndeploy-pipeline", daemon=True)
         self._loop_thread.start()
@@ -133,6 +136,10 @@ class Pipeline:
         **template_kwargs: Any,
     ) -> Session | Iterator[Response]:
         session = session or Session(next(self._session_ids))
+        if isinstance(prompt, tuple):  # (text, image): LMDeploy's VLM prompt
+            from .vl.prompt import tuple_to_messages
+
+            prompt = tuple_to_messages(prompt)
         turn = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         messages = session.history + turn
         gens = self._gen_configs(gen_config, 1)
@@ -165,14 +172,16 @@ class Pipeline:
         self, items: list[Messages], gens: list[GenerationConfig], do_preprocess: bool, template_kwargs: dict
     ) -> Iterator[tuple[int, int, Response]]:
         """Run all prompts concurrently on the engine; yield (prompt index, sample index, delta Response)."""
-        ids = [self.engine.encode_prompt(p, do_preprocess, **template_kwargs) for p in items]
-        reqs = [self.engine.make_request(x, g) for x, g in zip(ids, gens, strict=True)]  # validates first
+        encoded = [self._encode(p, do_preprocess, template_kwargs) for p in items]
+        reqs = [self.engine.make_request(x, g, multimodal=mm)
+                for (x, mm), g in zip(encoded, gens, strict=True)]  # validates first
         out_q: queue.Queue = queue.Queue()
         done = object()
 
         async def one(i: int) -> None:
             try:
-                async for out in self.engine.generate(reqs[i].prompt_token_ids, gens[i], reqs[i].request_id):
+                req = reqs[i]
+                async for out in self.engine.generate(req.prompt_token_ids, gens[i], req.request_id, req.multimodal):
                     out_q.put((i, out))
             except BaseException as e:  # delivered to the caller's thread
                 out_q.put((i, e))
@@ -193,6 +202,15 @@ class Pipeline:
         finally:
             for f in futures:
                 f.cancel()
+
+    def _encode(self, prompt: Messages | tuple, do_preprocess: bool, template_kwargs: dict) -> tuple[list[int], Any]:
+        """(token ids, MultimodalInputs or None): images and videos are fetched and decoded on the pipeline's loop."""
+        from .vl.prompt import has_media
+
+        if isinstance(prompt, tuple) or has_media(prompt):
+            job = self.engine.encode_chat(prompt, None, do_preprocess, **template_kwargs)
+            return asyncio.run_coroutine_threadsafe(job, self._loop).result()
+        return self.engine.encode_prompt(prompt, do_preprocess, **template_kwargs), None
 
     @staticmethod
     def _to_response(i: int, out: RequestOutput) -> Response:

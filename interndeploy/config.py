@@ -19,7 +19,11 @@ class ConfigError(ValueError):
 class EngineConfig:
     tp: int = 1  # tensor-parallel ranks
     dp: int = 1  # data-parallel engine replicas
-    ep: int = 1  # expert-parallel ranks
+    ep: int = 1  # expert-parallel ranks: 1, or tp (EP inside one engine), or dp (with --tp 1: DP attention + EP)
+    dp_rank: int = 0  # this engine's index among the dp engines (set by the dp launcher)
+    nnodes: int = 1  # nodes of a dp deployment (a --tp engine spans nodes through Ray instead)
+    node_rank: int = 0  # this node's index among them
+    distributed_executor_backend: str | None = None  # uni | mp | ray; None: mp for tp > 1 on one node, else ray
     session_len: int | None = None  # max tokens (prompt + output) per sequence; None = model's max positions
     max_batch_size: int | None = None  # max sequences per step; None = 128
     cache_max_entry_count: float = 0.8  # <1: fraction of free memory for KV; >=1: number of blocks
@@ -64,6 +68,22 @@ class EngineConfig:
         for name in ("tp", "dp", "ep"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.ep > 1 and self.ep != self.tp * self.dp:
+            raise ConfigError(f"ep={self.ep} must equal tp x dp = {self.tp * self.dp}: experts are sharded over "
+                              "the ranks of one tp engine, or over the dp engines")
+        if self.ep > 1 and self.dp > 1 and self.tp > 1:
+            raise ConfigError("dp and ep together need tp=1 (attention data-parallel, one GPU per engine)")
+        if not 0 <= self.dp_rank < self.dp:
+            raise ConfigError(f"dp_rank must be in [0, {self.dp}), got {self.dp_rank}")
+        if self.nnodes < 1 or not 0 <= self.node_rank < self.nnodes:
+            raise ConfigError(f"node_rank must be in [0, nnodes={self.nnodes}), got {self.node_rank}")
+        if self.dp % self.nnodes:
+            raise ConfigError(f"nnodes={self.nnodes} must divide dp={self.dp}")
+        if self.distributed_executor_backend not in (None, "uni", "mp", "ray"):
+            raise ConfigError("distributed_executor_backend must be uni, mp or ray, "
+                              f"got {self.distributed_executor_backend!r}")
+        if self.distributed_executor_backend == "uni" and self.tp > 1:
+            raise ConfigError(f"distributed_executor_backend uni runs one rank, but tp={self.tp}; use mp or ray")
         if self.load_format not in ("auto", "dummy"):
             raise ConfigError(f"load_format must be auto or dummy, got {self.load_format!r}")
         if self.dtype not in ("auto", "float16", "bfloat16", "float32"):
@@ -149,3 +169,13 @@ class ChatTemplateConfig:
     capability: str | None = None
     model_path: str | None = None
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class VisionConfig:
+    """Images and videos of a vision-language model (LMDeploy's VisionConfig, plus vLLM's --media-io-kwargs)."""
+
+    max_batch_size: int = 1  # accepted for LMDeploy compatibility: the encoder batches a step's tiles itself
+    thread_safe: bool = False  # accepted for LMDeploy compatibility
+    media_io_kwargs: dict | None = None  # {"video": {"num_frames": 32, "fps": None}}: how video frames are sampled
+

@@ -1,7 +1,7 @@
 """Find a model directory (local path or offline Hugging Face cache) and read what it declares.
 
-A multimodal checkpoint (Intern-S1, Intern-S1-mini, InternVL) is served as its language model when its
-architecture is not implemented or `language_model_only` is asked:
+A multimodal checkpoint (Intern-S1, Intern-S1-mini, InternVL) is read as its language model plus a vision tower
+(`serve_vision`; models/internvit.py), or as its language model alone when `language_model_only` is asked:
 
     architectures                        language config   checkpoint name -> ours
     InternS1ForConditionalGeneration     text_config       model.language_model.X -> model.X, lm_head.X kept
@@ -10,7 +10,7 @@ architecture is not implemented or `language_model_only` is asked:
 
 `ModelInfo.config` is then the language model's config (with the top level's quantization_config,
 dtype and token ids where it has none), `root_config` the file as written, and `weight_prefixes` the
-renames the loader applies (tensors under no prefix, the vision tower and projector, are skipped).
+renames the loader applies to the language model's tensors (the vision tower and projector load separately).
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ class ModelInfo:
     generation_config: dict[str, Any] = field(default_factory=dict)  # generation_config.json, or {}
     root_config: dict[str, Any] | None = None  # config.json as written, when `config` is a section of it
     weight_prefixes: tuple[tuple[str, str], ...] = ()  # (checkpoint prefix, ours) when loading a section
+    serve_vision: bool = False  # a multimodal checkpoint whose vision tower runs (images and videos accepted)
 
     @property
     def language_model_only(self) -> bool:
-        """A multimodal checkpoint served as its language model."""
-        return self.root_config is not None
+        """A multimodal checkpoint served as its language model (text only)."""
+        return self.root_config is not None and not self.serve_vision
 
     @property
     def architecture(self) -> str:
@@ -172,20 +173,14 @@ def language_model_section(
     return config, prefixes
 
 
-def _is_implemented(architectures: list[str]) -> bool:
-    from interndeploy.models.registry import supported_architectures
-
-    return any(a in supported_architectures() for a in architectures)
-
-
 def load_model_info(
     model: str | os.PathLike,
     revision: str | None = None,
     allow_no_weights: bool = False,
     language_model_only: bool = False,
 ) -> ModelInfo:
-    """Resolve `model` and read its configs. A multimodal checkpoint whose architecture is not implemented
-    (or any, with `language_model_only`) comes back as its language model (see the module docstring)."""
+    """Resolve `model` and read its configs. A multimodal checkpoint comes back as its language model, with its
+    vision tower served unless `language_model_only` (see the module docstring)."""
     path = resolve_model_path(model, revision)
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
@@ -197,7 +192,8 @@ def load_model_info(
     if not has_weights and not allow_no_weights:
         raise ModelDirError(f"model directory {path} has no *.safetensors or *.bin weights")
     section = language_model_section(config, cfg_path)
-    if section is not None and (language_model_only or not _is_implemented(config.get("architectures") or [])):
+    if section is not None:
         lm_config, prefixes = section
-        return ModelInfo(path, str(model), lm_config, gen, root_config=config, weight_prefixes=prefixes)
+        return ModelInfo(path, str(model), lm_config, gen, root_config=config, weight_prefixes=prefixes,
+                          serve_vision=not language_model_only)
     return ModelInfo(path=path, name=str(model), config=config, generation_config=gen)

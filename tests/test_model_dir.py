@@ -66,7 +66,7 @@ def test_intern_s1_checkpoint_loads_its_language_model(tmp_path: Path, qwen3_moe
     d = wrap_as_multimodal(qwen3_moe_dir, tmp_path / "s1", "interns1")
     info = load_model_info(d)
     assert info.architecture == "Qwen3MoeForCausalLM"  # from text_config's model_type: it names none
-    assert info.model_type == "interns1" and info.language_model_only  # the chat template follows the checkpoint
+    assert info.model_type == "interns1" and info.serve_vision  # the chat template follows the checkpoint
     assert info.root_config["architectures"] == ["InternS1ForConditionalGeneration"]
     assert info.config["num_experts"] == 8 and info.config["eos_token_id"] is not None
     plain, wrapped = _prefill_logits(qwen3_moe_dir), _prefill_logits(d)
@@ -104,17 +104,15 @@ def test_intern_s1_fp8_takes_the_top_level_quantization_config(tmp_path: Path):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
-def test_language_model_only_when_the_multimodal_model_is_implemented(
-    tmp_path: Path, qwen3_moe_dir: Path, monkeypatch: pytest.MonkeyPatch
-):
-    import interndeploy.model_dir as model_dir
+def test_language_model_only_serves_no_vision(tmp_path: Path, qwen3_moe_dir: Path):
     from interndeploy.testing.tiny_archs import wrap_as_multimodal
 
     d = wrap_as_multimodal(qwen3_moe_dir, tmp_path / "s1", "interns1")
-    monkeypatch.setattr(model_dir, "_is_implemented", lambda archs: True)  # as once the vision issue lands
-    assert load_model_info(d).architecture == "InternS1ForConditionalGeneration"
+    vl = load_model_info(d)
+    assert vl.architecture == "Qwen3MoeForCausalLM" and vl.serve_vision and not vl.language_model_only
     info = load_model_info(d, language_model_only=True)
     assert info.architecture == "Qwen3MoeForCausalLM" and info.weight_prefixes
+    assert info.language_model_only and not info.serve_vision
 
 
 def test_multimodal_config_without_its_language_config(tmp_path: Path, internlm2_dir: Path):

@@ -19,10 +19,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ..chat.templates import ChatTemplate
-from ..config import ChatTemplateConfig, EngineConfig, GenerationConfig
+from ..config import ChatTemplateConfig, EngineConfig, GenerationConfig, VisionConfig
 from ..model_dir import ModelInfo, load_model_info
 from ..tokenizer import Tokenizer
 from .llm_engine import LLMEngine
+from .multimodal import MultimodalInputs
 from .request import EngineRequest, RequestOutput, build_request
 
 logger = logging.getLogger("interndeploy")
@@ -45,6 +46,7 @@ class AsyncEngine:
         backend_config: EngineConfig | None = None,
         chat_template_config: ChatTemplateConfig | None = None,
         model_name: str | None = None,
+        vision_config: VisionConfig | None = None,
     ) -> None:
         self.cfg = backend_config or EngineConfig()
         self.info: ModelInfo = load_model_info(
@@ -56,6 +58,7 @@ class AsyncEngine:
             self.tokenizer.chat_template, chat_template_config, model_type=self.info.model_type
         )
         self.eos_token_ids = self._eos_token_ids()
+        self.vision = self._vision_frontend(vision_config or VisionConfig())
         self.engine = LLMEngine(self.info, self.cfg, self.tokenizer, self._grammar_eos_ids())
         self.session_len = self.engine.session_len
         self.default_gen_config = self._default_gen_config()
@@ -89,6 +92,42 @@ class AsyncEngine:
         values = {k: gen[k] for k in _GEN_KEYS if gen.get(k) is not None}
         return GenerationConfig(**values)
 
+    def _vision_frontend(self, vision_config: VisionConfig) -> Any:
+        """Images and videos are taken when the checkpoint has a vision tower that runs (vl/frontend.py)."""
+        if not self.info.serve_vision:
+            return None
+        if self.cfg.tp > 1:
+            logger.warning("--tp %d: images and videos are not available with tensor parallelism yet; serving %s "
+                           "as a text-only model", self.cfg.tp, self.model_name)
+            return None
+        from ..vl.frontend import VisionFrontend
+
+        return VisionFrontend(self.info, self.tokenizer.token_to_id, vision_config.media_io_kwargs)
+
+    async def encode_chat(
+        self, prompt: Messages | tuple, media_policy: Any = None, do_preprocess: bool = True, **template_kwargs: Any
+    ) -> tuple[list[int], MultimodalInputs | None]:
+        """(token ids, images and videos) of a prompt that may carry media: OpenAI content parts (`image_url`,
+        `video_url`...) or a `(text, image)` tuple. `media_policy` (vl.MediaPolicy) says which URLs may be
+        fetched (default: the pipeline's, anything). Raises MediaError (a ValueError) for unusable media."""
+        from ..vl.media import PIPELINE_POLICY, MediaError
+        from ..vl.prompt import has_media, tuple_to_messages
+
+        if isinstance(prompt, tuple):
+            prompt = tuple_to_messages(prompt)
+        if not has_media(prompt):
+            return self.encode_prompt(prompt, do_preprocess, **template_kwargs), None
+        if self.vision is None:
+            why = "it was started with --language-model-only" if self.info.language_model_only else (
+                "it has no vision tower" if not self.info.serve_vision else "vision needs --tp 1 for now")
+            raise MediaError(f"{self.model_name} takes text only ({why}); send text content parts", "messages")
+        bos = self.tokenizer.bos_token_id if self.tokenizer.add_bos else None
+        return await self.vision.encode(
+            prompt, lambda msgs: self.render_prompt(msgs, **template_kwargs),
+            lambda text: self.tokenizer.encode(text, add_bos=False), bos, media_policy or PIPELINE_POLICY,
+            self.session_len,
+        )  # fmt: skip
+
     def render_prompt(self, messages: Messages, **template_kwargs: Any) -> str:
         return self.chat_template.render(
             messages,
@@ -116,7 +155,11 @@ class AsyncEngine:
     # ---- requests -------------------------------------------------------------------------
 
     def make_request(
-        self, prompt_ids: list[int], gen: GenerationConfig, request_id: str | None = None
+        self,
+        prompt_ids: list[int],
+        gen: GenerationConfig,
+        request_id: str | None = None,
+        multimodal: MultimodalInputs | None = None,
     ) -> EngineRequest:
         return build_request(
             request_id or uuid.uuid4().hex,
@@ -127,13 +170,18 @@ class AsyncEngine:
             eos_token_ids=self.eos_token_ids,
             template_stop_words=self.chat_template.stop_words,
             compile_grammar=self.engine.grammar.compile,
+            multimodal=multimodal,
         )
 
     async def generate(
-        self, prompt_ids: list[int], gen: GenerationConfig | None = None, request_id: str | None = None
+        self,
+        prompt_ids: list[int],
+        gen: GenerationConfig | None = None,
+        request_id: str | None = None,
+        multimodal: MultimodalInputs | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream outputs of all n samples; leaving early (or cancellation) aborts the request."""
-        req = self.make_request(prompt_ids, gen or self.default_gen_config, request_id)
+        req = self.make_request(prompt_ids, gen or self.default_gen_config, request_id, multimodal)
         loop = asyncio.get_running_loop()
         q: asyncio.Queue[RequestOutput] = asyncio.Queue()
 
@@ -212,3 +260,5 @@ class AsyncEngine:
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():  # a step still running owns the workers' channel: leave them be
+            self.engine.shutdown()

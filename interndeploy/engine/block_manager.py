@@ -91,7 +91,7 @@ class BlockManager:
         matched: list[int] = []
         prev: int | None = None
         for i in range(max_full):
-            tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
+            tokens = seq.block_key(i * bs, (i + 1) * bs)
             h = self._chain_hash(prev, tokens)
             block_id = self.cached.get(h)
             if block_id is None or self.blocks[block_id].tokens != tokens:
@@ -108,7 +108,7 @@ class BlockManager:
         num_full = min(seq.num_computed_tokens // bs, len(seq.block_table))
         prev = seq.block_hashes[-1] if seq.block_hashes else None
         for i in range(len(seq.block_hashes), num_full):
-            tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
+            tokens = seq.block_key(i * bs, (i + 1) * bs)
             h = self._chain_hash(prev, tokens)
             block = self.blocks[seq.block_table[i]]
             if block.hash is None and h not in self.cached:

@@ -12,6 +12,7 @@ from .sampling_params import SamplingParams
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
     from ..worker.model_runner import TokenLogprobs
+    from .multimodal import MultimodalInputs
 
 
 class RequestError(ValueError):
@@ -28,6 +29,7 @@ class EngineRequest:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
+    multimodal: MultimodalInputs | None = None  # images/videos: pixels and the prompt positions they fill
 
 
 @dataclass(slots=True)
@@ -61,6 +63,7 @@ def build_request(
     eos_token_ids: list[int],
     template_stop_words: list[str] = (),
     compile_grammar: Callable[[dict | None], str | None] | None = None,
+    multimodal: MultimodalInputs | None = None,
 ) -> EngineRequest:
     """Resolve a GenerationConfig into token-level parameters and check the length."""
     gen.validate()
@@ -109,4 +112,5 @@ def build_request(
         include_stop_str_in_output=gen.include_stop_str_in_output,
         skip_special_tokens=gen.skip_special_tokens,
         spaces_between_special_tokens=gen.spaces_between_special_tokens,
+        multimodal=multimodal,
     )

@@ -15,6 +15,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from .multimodal import MultimodalInputs
 from .sampling_params import SamplingParams
 
 
@@ -49,6 +50,7 @@ class Sequence:
     arrival_time: float = 0.0  # time.monotonic() at add; FCFS order
     num_preemptions: int = 0
     guide: Any = None  # grammar matcher state when params.grammar is set (created at the first sampling step)
+    multimodal: MultimodalInputs | None = None  # the prompt's images/videos (shared by a request's n samples)
 
     def __post_init__(self) -> None:
         if not self.num_prompt_tokens:
@@ -76,6 +78,12 @@ class Sequence:
     @property
     def num_uncomputed_tokens(self) -> int:
         return len(self.token_ids) - self.num_computed_tokens
+
+    def block_key(self, start: int, end: int) -> tuple[int, ...]:
+        """Tokens [start, end) as the prefix cache hashes them: media placeholders carry their media's hash."""
+        if self.multimodal is None:
+            return tuple(self.token_ids[start:end])
+        return self.multimodal.hash_key(self.token_ids, start, end)
 
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)

@@ -135,8 +135,10 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(make_layer(i) for i in range(spec.num_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden = self.embed_tokens(input_ids)
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, input_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
         # one cos/sin for all layers: the angles depend only on positions (and sequence lengths)
         cos, sin = self.rotary_emb.cos_sin(positions)
         residual = None
@@ -177,9 +179,16 @@ class LlamaForCausalLM(nn.Module):
         """Decoder layer `layer_idx` (called while building, after `self.spec` and `self.config` are set)."""
         return LlamaDecoderLayer(self.spec)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """input_ids, positions [T] (all scheduled tokens, flattened) -> hidden [T, H]."""
-        return self.model(input_ids, positions)
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, input_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """input_ids, positions [T] (all scheduled tokens, flattened) -> hidden [T, H]. `input_embeds` [T, H]
+        replaces the embedding of input_ids (a prompt with images: vision features at their positions)."""
+        return self.model(input_ids, positions, input_embeds)
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [T] -> their input embeddings [T, H]."""
+        return self.model.embed_tokens(input_ids)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, H] (only the rows that need logits) -> logits [N, V] fp32."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -58,19 +58,23 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
     raise WeightLoadError(f"model directory {model_dir} has no *.safetensors or pytorch_model*.bin weights")
 
 
-def iter_checkpoint(model_dir: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) over the whole checkpoint; safetensors are read lazily, .bin files memory-mapped."""
+def iter_checkpoint(
+    model_dir: Path, select: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) over the whole checkpoint, or the tensors `select` accepts (others in safetensors files are
+    not read); safetensors are read lazily, .bin files memory-mapped."""
     for path in checkpoint_files(model_dir):
         if path.suffix == ".safetensors":
             with safe_open(path, framework="pt", device="cpu") as f:
                 for name in f.keys():
-                    yield name, f.get_tensor(name)
+                    if select is None or select(name):
+                        yield name, f.get_tensor(name)
         else:
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError:  # legacy (non-zip) format cannot be memory-mapped
                 state = torch.load(path, map_location="cpu", weights_only=True)
-            yield from state.items()
+            yield from ((n, t) for n, t in state.items() if select is None or select(n))
             del state
 
 
@@ -127,17 +131,21 @@ def load_weights(
     model_dir: Path,
     dtype: torch.dtype | None = None,
     weight_prefixes: tuple[tuple[str, str], ...] = (),
+    select: Callable[[str], bool] | None = None,
 ) -> None:
     """Fill every parameter of `model` from the checkpoint in `model_dir`, casting float tensors to the
     parameter's dtype (`dtype`, the model's, for all but quantized weights). With `weight_prefixes`
     (ModelInfo's, for the language model of a multimodal checkpoint) only tensors under one of the
-    prefixes are read, renamed to the replacement."""
+    prefixes are read, renamed to the replacement; with `select`, only the tensors it accepts."""
+    if weight_prefixes and select is None:
+        prefixes = tuple(p for p, _ in weight_prefixes)
+        select = lambda name: name.startswith(prefixes)  # noqa: E731
     model_dir = Path(model_dir)
     params = dict(model.named_parameters(remove_duplicate=False))  # tied weights answer to both names
     shards_seen: dict[int, set[object]] = {}
     unexpected: list[str] = []
     with torch.no_grad():
-        for ckpt_name, tensor in iter_checkpoint(model_dir):
+        for ckpt_name, tensor in iter_checkpoint(model_dir, select):
             lm_name = _strip_prefix(ckpt_name, weight_prefixes) if weight_prefixes else ckpt_name
             resolved = _resolve(model, lm_name) if lm_name is not None else None
             if resolved is None:

@@ -8,6 +8,7 @@ import interndeploy.quant.fp8  # noqa: F401  (registers the fp8 weight format wi
 from interndeploy.models.internlm2 import InternLM2ForCausalLM
 from interndeploy.models.internlm3 import InternLM3ForCausalLM
 from interndeploy.models.llama import LlamaForCausalLM
+from interndeploy.models.qwen2 import Qwen2ForCausalLM
 from interndeploy.models.qwen3 import Qwen3ForCausalLM
 from interndeploy.models.qwen3_moe import Qwen3MoeForCausalLM
 
@@ -15,6 +16,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     "InternLM2ForCausalLM": InternLM2ForCausalLM,
     "InternLM3ForCausalLM": InternLM3ForCausalLM,
     "LlamaForCausalLM": LlamaForCausalLM,
+    "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
     "Qwen3MoeForCausalLM": Qwen3MoeForCausalLM,
 }

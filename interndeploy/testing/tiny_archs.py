@@ -7,7 +7,7 @@ trained BPE tokenizer of `tiny_models`. On top of any of them:
     quantize_dir_fp8      every linear weight -> float8_e4m3fn + weight_scale_inv [N / bn, K / bk]
                           (router, norms, embeddings, LM head untouched), quantization_config fp8
     wrap_as_multimodal    the same weights inside an InternS1ForConditionalGeneration (model.language_model.*)
-                          or InternVLChatModel (language_model.*) checkpoint with a stand-in vision tower
+                          or InternVLChatModel (language_model.*) checkpoint with a tiny vision tower (tiny_vlm)
 
 `hf_reference(model_dir)` is transformers' own class for the directory (Llama for InternLM3, with zero
 biases where a layer has none) holding its weights in fp32, FP8 ones dequantized.
@@ -288,34 +288,46 @@ def quantize_dir_fp8(model_dir: Path, out_dir: Path, block: tuple[int, int] = (1
 MultimodalKind = Literal["interns1", "internvl"]
 
 
-def wrap_as_multimodal(model_dir: Path, out_dir: Path, kind: MultimodalKind = "interns1") -> Path:
+def wrap_as_multimodal(
+    model_dir: Path, out_dir: Path, kind: MultimodalKind = "interns1", **vision: Any
+) -> Path:
     """The language model of `model_dir` inside a multimodal checkpoint, as Intern-S1 (HF layout) or InternVL
-    (remote-code layout) publish it, with a stand-in vision tower and projector. The language config keeps
-    no `architectures` for interns1 (found from its model_type) and its quantization_config moves up."""
+    (remote-code layout) publish it, with a tiny random vision tower and projector (tiny_vlm; `vision` sets its
+    sizes, qk_norm, norm_type) and the image tokens in the tokenizer. The language config keeps no
+    `architectures` for interns1 (found from its model_type) and its quantization_config moves up."""
+    from interndeploy.testing.tiny_vlm import TILE, retrain_tokenizer_with_image_tokens, vision_config, vision_tensors
+
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     _copy_side_files(model_dir, out_dir)
+    retrain_tokenizer_with_image_tokens(out_dir)
     lm = json.loads((model_dir / "config.json").read_text())
     qc = lm.pop("quantization_config", None)
-    vision = {"hidden_size": 16, "num_hidden_layers": 1, "image_size": 28, "patch_size": 14}
+    if kind not in ("interns1", "internvl"):
+        raise ValueError(f"kind must be interns1 or internvl, got {kind!r}")
+    vis = vision_config(kind, **vision)
+    extra = vision_tensors(kind, vis, lm["hidden_size"])
     if kind == "interns1":
         lm.pop("architectures", None)
         config = {"architectures": ["InternS1ForConditionalGeneration"], "model_type": "interns1",
-                  "text_config": lm, "vision_config": vision, "torch_dtype": lm.get("torch_dtype")}  # fmt: skip
-        extra = {"model.vision_tower.embeddings.patch_embeddings.projection.weight": torch.randn(16, 3, 14, 14),
-                 "model.multi_modal_projector.linear_1.weight": torch.randn(lm["hidden_size"], 64)}  # fmt: skip
+                  "text_config": lm, "vision_config": vis, "torch_dtype": lm.get("torch_dtype"),
+                  "downsample_ratio": 0.5, "projector_hidden_act": "gelu", "vision_feature_layer": -1,
+                  "vision_feature_select_strategy": "default", "image_seq_length": 4}  # fmt: skip
+        _write_json(out_dir / "preprocessor_config.json", {
+            "image_processor_type": "GotOcr2ImageProcessor", "crop_to_patches": True, "min_patches": 1,
+            "max_patches": 6, "size": {"height": TILE, "width": TILE}, "image_mean": [0.485, 0.456, 0.406],
+            "image_std": [0.229, 0.224, 0.225], "resample": 3, "do_rescale": True, "do_normalize": True})
 
         def rename(name: str) -> str:
             return "model.language_model." + name.removeprefix("model.") if name.startswith("model.") else name
-    elif kind == "internvl":
+    else:
         config = {"architectures": ["InternVLChatModel"], "model_type": "internvl_chat", "llm_config": lm,
-                  "vision_config": vision, "torch_dtype": lm.get("torch_dtype")}  # fmt: skip
-        extra = {"vision_model.embeddings.patch_embedding.weight": torch.randn(16, 3, 14, 14),
-                 "mlp1.1.weight": torch.randn(lm["hidden_size"], 64)}  # fmt: skip
+                  "vision_config": vis, "torch_dtype": lm.get("torch_dtype"), "downsample_ratio": 0.5,
+                  "select_layer": -1, "ps_version": "v2", "template": "internlm2-chat", "force_image_size": TILE,
+                  "max_dynamic_patch": 6, "min_dynamic_patch": 1, "use_thumbnail": True,
+                  "dynamic_image_size": True}  # fmt: skip
 
         def rename(name: str) -> str:
             return "language_model." + name
-    else:
-        raise ValueError(f"kind must be interns1 or internvl, got {kind!r}")
     if qc is not None:
         config["quantization_config"] = qc
     _rewrite_checkpoint(model_dir, out_dir, lambda name, t: {rename(name): t})
