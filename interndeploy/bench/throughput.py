@@ -98,15 +98,17 @@ def run_latency(engine: AsyncEngine, input_len: int, output_len: int, repeats: i
         best = itl if best is None else min(best, itl)
     elem = torch.tensor([], dtype=runner.dtype).element_size()
     kv = runner.kv
-    kv_bytes_per_token = kv.bytes_per_block // kv.block_size
+    tp = engine.cfg.tp  # rank 0's runner holds 1/tp of the weights and KV heads; the tp GPUs read in parallel
+    kv_bytes_per_token = kv.bytes_per_block // kv.block_size * tp
     avg_context = input_len + output_len / 2
     weights = weight_bytes_read_per_token(engine.info.config, elem)
     if getattr(runner, "weight_format", "hf") != "hf":  # quantized: what the packed parameters hold
-        weights = param_bytes_read_per_token(runner.model)
+        weights = param_bytes_read_per_token(runner.model) * tp
     bytes_per_step = weights + kv_bytes_per_token * avg_context
     bw = copy_bandwidth(runner.device)
-    ideal = bytes_per_step / bw
+    ideal = bytes_per_step / (bw * tp)
     return {
+        "tp": tp,
         "decode_ms_per_token": best * 1e3,
         "tok_per_s": 1.0 / best,
         "bytes_read_per_token_GB": bytes_per_step / 1e9,

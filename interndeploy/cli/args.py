@@ -11,9 +11,15 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--backend", choices=["pytorch", "turbomind"], default="turbomind",
                    help="accepted for LMDeploy compatibility; both mean interndeploy's engine")
-    g.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs")
-    g.add_argument("--dp", type=int, default=1, help="data-parallel engine replicas")
-    g.add_argument("--ep", type=int, default=1, help="expert-parallel ranks")
+    g.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs (one process each)")
+    g.add_argument("--dp", type=int, default=1,
+                   help="data-parallel engines, one api_server each behind `serve proxy` (serve api_server only)")
+    g.add_argument("--ep", type=int, default=1,
+                   help="expert-parallel ranks for MoE models: equal to --tp (experts split over the tp ranks) "
+                        "or to --dp with --tp 1 (the dp engines share the experts)")
+    g.add_argument("--distributed-executor-backend", choices=["uni", "mp", "ray"], default=None,
+                   help="how tp ranks start: mp (processes on this node; the default up to its GPU count) or "
+                        "ray (actors on a running Ray cluster; the default beyond)")
     g.add_argument("--session-len", type=int, default=None, help="max prompt + output tokens per session")
     g.add_argument("--max-batch-size", type=int, default=None, help="max sequences per step (default 128)")
     g.add_argument("--cache-max-entry-count", type=float, default=0.8,
@@ -42,16 +48,21 @@ def _not_yet(flag: str, issue: str) -> ConfigError:
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     """Build the EngineConfig; flags whose feature has not landed fail with one clear line."""
-    if args.tp > 1:
-        raise _not_yet(f"--tp {args.tp}", "tensor parallelism")
-    if args.dp > 1 or args.ep > 1:
-        raise _not_yet("--dp/--ep", "data and expert parallelism")
-    if args.quant_policy:
-        raise _not_yet(f"--quant-policy {args.quant_policy}", "KV cache quantization")
+    if args.dp > 1 and not hasattr(args, "proxy_url"):
+        raise ConfigError(f"--dp {args.dp} runs one api_server per engine behind a proxy: use "
+                          f"`interndeploy serve api_server --dp {args.dp} --proxy-url URL`")
     if args.model_format not in (None, "hf", "awq", "fp8"):
         raise _not_yet(f"--model-format {args.model_format}", "quantized weights")
+    from .dp_launcher import replica_rank
+
     return EngineConfig(
         tp=args.tp,
+        dp=args.dp,
+        ep=args.ep,
+        dp_rank=replica_rank() or 0,
+        nnodes=getattr(args, "nnodes", 1),
+        node_rank=getattr(args, "node_rank", 0),
+        distributed_executor_backend=args.distributed_executor_backend,
         session_len=args.session_len,
         max_batch_size=args.max_batch_size,
         cache_max_entry_count=args.cache_max_entry_count,

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field, replace
 from ..config import EngineConfig
 from ..model_dir import ModelInfo
 from ..tokenizer import Tokenizer
+from ..worker.executor import create_executor
 from ..worker.guided_decoding import GrammarBackend
 from ..worker.kv_cache import memory_report
-from ..worker.model_runner import ModelRunner, TokenLogprobs
+from ..worker.model_runner import TokenLogprobs
 from .block_manager import BlockManager
 from .detokenizer import IncrementalDetokenizer
 from .request import EngineRequest, RequestOutput
@@ -61,7 +62,10 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.session_len = cfg.session_len or info.max_position_embeddings
         self.max_batch_size = cfg.max_batch_size or DEFAULT_MAX_BATCH_SIZE
-        self.runner = ModelRunner(info, cfg, self.session_len, self.max_batch_size)
+        # the executor owns the ranks (1 in this process, or tp workers, or one of dp engines); rank 0's runner
+        # lives here and holds what the engine asks about: KV spec, device, weights, grammar hook
+        self.executor = create_executor(info, cfg, self.session_len, self.max_batch_size)
+        self.runner = self.executor.runner
         self.block_manager = BlockManager(self.runner.num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, self.max_batch_size, cfg.max_prefill_token_num)
         self.requests: dict[str, _RequestState] = {}
@@ -76,7 +80,8 @@ class LLMEngine:
 
     @property
     def has_work(self) -> bool:
-        return self.scheduler.has_work
+        """True when step() has something to do (always for a dp engine: its peers may need it)."""
+        return self.scheduler.has_work or self.executor.always_step
 
     def add_request(self, req: EngineRequest) -> None:
         if req.request_id in self.requests:
@@ -88,6 +93,7 @@ class LLMEngine:
             # the n samples of a seeded request are distinct but each reproducible: seed, seed + 1, ...
             params = req.params if req.params.seed is None or i == 0 else replace(req.params, seed=req.params.seed + i)
             seq = Sequence(list(req.prompt_token_ids), params, max_total_tokens=max_total, arrival_time=now)
+            seq.multimodal = req.multimodal
             detok = IncrementalDetokenizer(
                 self.tokenizer,
                 skip_special_tokens=req.skip_special_tokens,
@@ -115,8 +121,10 @@ class LLMEngine:
         sched = self.scheduler.schedule()
         self.stats.num_preemptions += len(sched.preempted)
         touched = {id(self.by_seq[s.seq_id][0]): self.by_seq[s.seq_id][0] for s in sched.finished}
-        if not sched.is_empty:
-            result = self.runner.execute(sched)
+        if sched.is_empty and self.executor.always_step:
+            self.executor.execute(sched)  # a dp engine's turn with nothing scheduled: its peers may need it
+        elif not sched.is_empty:
+            result = self.executor.execute(sched)
             self.scheduler.update(sched, result.sampled)
             self._postprocess(sched, result.sampled, result.logprobs)
             for item in sched.scheduled:
@@ -193,3 +201,7 @@ class LLMEngine:
                 out.error = message
                 outputs.append(out)
         return outputs
+
+    def shutdown(self) -> None:
+        """Stop the executor's workers (tensor-parallel ranks) and leave the process group."""
+        self.executor.shutdown()

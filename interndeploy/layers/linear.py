@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from interndeploy.distributed import tp_all_reduce
 from interndeploy.layers.weight_loader import set_weight_attrs, tp_rank_and_size
 
 
@@ -146,9 +147,7 @@ class RowLinear(LinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.quant_method.apply(self, x, self.bias if self.tp_rank == 0 else None)
-        if self.tp_size > 1:
-            raise NotImplementedError("RowLinear all-reduce arrives with distributed.py")
-        return y
+        return tp_all_reduce(y) if self.tp_size > 1 else y
 
 
 class MergedColumnLinear(ColumnLinear):
@@ -163,34 +162,45 @@ class MergedColumnLinear(ColumnLinear):
         sizes = [s // self.tp_size for s in self.output_sizes]
         return sum(sizes[:shard_id]), sizes[shard_id]
 
+    def _source(self, shard_id: object) -> tuple[int, int]:
+        """(which slice, of how many) of the checkpoint's part `shard_id` this rank holds."""
+        return self.tp_rank, self.tp_size
+
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None) -> None:
         dim = getattr(param, "output_dim", None)
         if shard_id is None or dim is None:
             # an already packed checkpoint tensor (or a parameter with no output dim, e.g. a scalar scale)
+            if dim is not None and self.tp_size > 1 and len(self.output_sizes) > 1:
+                raise ValueError(f"a checkpoint tensor with all {len(self.output_sizes)} parts packed cannot be "
+                                 f"split across tp={self.tp_size} ranks; save the parts separately")
             return super().weight_loader(param, loaded)
         offset, size = self._shard(shard_id)
         if getattr(param, "packed_dim", None) == dim:  # e.g. int4 packed 8 per int32 along the output dim
             offset, size = offset // param.pack_factor, size // param.pack_factor
-        _copy(param.data.narrow(dim, offset, size), _rank_slice(loaded, dim, self.tp_rank, size, self.tp_size))
+        index, parts = self._source(shard_id)
+        _copy(param.data.narrow(dim, offset, size), _rank_slice(loaded, dim, index, size, parts))
 
 
 class QKVLinear(MergedColumnLinear):
     """Output = [q (num_heads * head_dim) | k (num_kv_heads * head_dim) | v (num_kv_heads * head_dim)].
 
-    With tp > 1 each rank holds num_heads / tp q heads and num_kv_heads / tp kv heads (kv heads are
-    not replicated yet, so tp must divide num_kv_heads).
+    With tp > 1 each rank holds num_heads / tp q heads and num_kv_heads / tp kv heads; when tp exceeds
+    num_kv_heads (a multiple of it), each kv head is replicated on tp / num_kv_heads consecutive ranks,
+    which are exactly the ranks holding its q heads.
     """
 
     def __init__(
         self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False, **kw
     ) -> None:
         _, tp_size = tp_rank_and_size()
-        if num_heads % tp_size or num_kv_heads % tp_size:
-            raise ValueError(f"tp={tp_size} must divide num_heads={num_heads} and num_kv_heads={num_kv_heads}")
+        if num_heads % tp_size or (num_kv_heads % tp_size and tp_size % num_kv_heads):
+            raise ValueError(f"tp={tp_size} must divide num_heads={num_heads} and divide or be a multiple of "
+                             f"num_kv_heads={num_kv_heads}")
         self.head_dim = head_dim
         self.num_heads = num_heads // tp_size
-        self.num_kv_heads = num_kv_heads // tp_size
-        q, kv = num_heads * head_dim, num_kv_heads * head_dim
+        self.kv_replicas = max(1, tp_size // num_kv_heads)  # ranks holding each kv head
+        self.num_kv_heads = num_kv_heads * self.kv_replicas // tp_size
+        q, kv = num_heads * head_dim, num_kv_heads * self.kv_replicas * head_dim
         super().__init__(hidden_size, [q, kv, kv], bias, **kw)
 
     def _shard(self, shard_id: object) -> tuple[int, int]:
@@ -198,3 +208,8 @@ class QKVLinear(MergedColumnLinear):
         if index is None:
             raise ValueError(f"QKVLinear shard id must be 'q', 'k' or 'v', got {shard_id!r}")
         return super()._shard(index)
+
+    def _source(self, shard_id: object) -> tuple[int, int]:
+        if shard_id == "q":
+            return self.tp_rank, self.tp_size
+        return self.tp_rank // self.kv_replicas, self.tp_size // self.kv_replicas

@@ -6,6 +6,10 @@
                     w2_weight  [E, H, I_r]       down_e
                 I_r = moe_intermediate_size / tp: each rank holds a slice of every expert's intermediate
                 dim (like a column layer for gate/up, a row layer for down) and the outputs are summed.
+                With expert parallelism (ep > 1) rank r instead holds whole experts [r E/ep, (r+1) E/ep)
+                (E above is then E/ep): with tokens replicated on the ranks (EP inside TP) it runs the
+                routes to its experts and the outputs are summed; with each rank's own tokens (DP + EP)
+                routes are dispatched to their expert's rank and combined back with all_to_all_single.
 
 Checkpoints name experts one by one (`mlp.experts.7.up_proj.weight`); `expert_checkpoint_name` maps
 such a name to (our stacked parameter, shard id (expert, "gate" | "up" | "down")), which the
@@ -21,6 +25,7 @@ import re
 import torch
 from torch import nn
 
+from interndeploy import distributed
 from interndeploy.kernels import reference_moe
 from interndeploy.kernels._triton import use_triton
 from interndeploy.layers.linear import LinearMethod, ReplicatedLinear, linear_method_factory
@@ -83,10 +88,16 @@ class FusedMoE(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.tp_rank, self.tp_size = tp_rank_and_size()
+        self.ep_rank, self.ep_size = distributed.ep_rank_and_size()
+        # with expert parallelism every rank holds whole experts: no slice of the intermediate dim
+        self.tp_rank, self.tp_size = tp_rank_and_size() if self.ep_size == 1 else (0, 1)
         if intermediate_size % self.tp_size:
             raise ValueError(f"tp={self.tp_size} must divide moe_intermediate_size={intermediate_size}")
+        if num_experts % self.ep_size:
+            raise ValueError(f"ep={self.ep_size} must divide num_experts={num_experts}")
         self.num_experts = num_experts
+        self.num_local_experts = num_experts // self.ep_size
+        self.expert_start = self.ep_rank * self.num_local_experts  # global id of local expert 0
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size // self.tp_size  # this rank's slice
         if quant_method is None:
@@ -95,7 +106,7 @@ class FusedMoE(nn.Module):
             if quant_method is not None and not isinstance(quant_method, MoEMethod):
                 raise ValueError(f"the weight format's {type(quant_method).__name__} cannot hold MoE experts")
         self.quant_method = quant_method or MoEMethod()
-        self.quant_method.create_weights(self, num_experts, hidden_size, self.intermediate_size, dtype)
+        self.quant_method.create_weights(self, self.num_local_experts, hidden_size, self.intermediate_size, dtype)
         for name, param in self.named_parameters(recurse=False):
             param.weight_loader = self.weight_loader
             parts = ("down",) if name.startswith("w2") else ("gate", "up")
@@ -108,8 +119,10 @@ class FusedMoE(nn.Module):
         expert, part = shard_id
         if not 0 <= expert < self.num_experts:
             raise ValueError(f"expert {expert} is out of range: the model has {self.num_experts} experts")
+        if not 0 <= expert - self.expert_start < self.num_local_experts:
+            return  # another expert-parallel rank's expert
         rows_per, cols_per = getattr(param, "block_shape", (1, 1))  # weight elements per parameter element
-        dst = param.data[expert]
+        dst = param.data[expert - self.expert_start]
         if part == "down":  # [H, I]: this rank's columns
             size = dst.shape[1]
             src_dim = 1
@@ -128,10 +141,46 @@ class FusedMoE(nn.Module):
         dst.copy_(src)
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        if self.ep_size > 1 and not distributed.ep_tokens_replicated():
+            return self._dispatch_combine(x, topk_weights, topk_ids)
+        if self.ep_size > 1:
+            # routes to other ranks' experts: weight 0 on local expert 0 (the kernel needs ids in range)
+            local = topk_ids - self.expert_start
+            here = (local >= 0) & (local < self.num_local_experts)
+            topk_weights = torch.where(here, topk_weights, torch.zeros_like(topk_weights))
+            topk_ids = torch.where(here, local, torch.zeros_like(local))
         out = self.quant_method.apply(self, x, topk_weights, topk_ids)
-        if self.tp_size > 1:
-            raise NotImplementedError("the all-reduce of tensor-parallel experts arrives with distributed.py")
+        if self.tp_size > 1 or self.ep_size > 1:
+            out = distributed.tp_all_reduce(out)
         return out
+
+    def _dispatch_combine(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """DP + EP: each route (token, j) travels to the rank holding its expert, is computed there with
+        weight 1, comes back, and the routes of a token are summed with their weights here.
+
+            routes sorted by rank --all_to_all--> [rows from rank 0 | rows from rank 1 | ...] -> experts
+            outputs             <--all_to_all--- (same layout, back to where each row came from)
+        """
+        num_tokens, top_k = topk_ids.shape
+        flat = topk_ids.reshape(-1).long()
+        dest = torch.div(flat, self.num_local_experts, rounding_mode="floor")
+        order = torch.argsort(dest, stable=True)
+        send = torch.bincount(dest, minlength=self.ep_size)
+        recv = distributed.ep_exchange_counts(send.cpu())  # counts travel on the host: gloo and NCCL both take them
+        send_counts, recv_counts = send.tolist(), recv.tolist()
+        rows = distributed.ep_all_to_all(x[order // top_k], send_counts, recv_counts)
+        local_ids = distributed.ep_all_to_all((flat[order] - dest[order] * self.num_local_experts).view(-1, 1),
+                                              send_counts, recv_counts)
+        if rows.shape[0]:
+            ones = torch.ones(local_ids.shape, dtype=topk_weights.dtype, device=x.device)
+            y = self.quant_method.apply(self, rows, ones, local_ids)
+        else:
+            y = rows
+        back = distributed.ep_all_to_all(y, recv_counts, send_counts)
+        routed = torch.empty_like(back)
+        routed[order] = back
+        weighted = routed.view(num_tokens, top_k, -1).float() * topk_weights.unsqueeze(-1).float()
+        return weighted.sum(dim=1).to(x.dtype)
 
 
 class SparseMoE(nn.Module):

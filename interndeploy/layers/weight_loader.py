@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from interndeploy import distributed
+
 WeightLoader = Callable[..., None]
 
 
@@ -31,5 +33,5 @@ def set_weight_attrs(param: nn.Parameter, **attrs: object) -> nn.Parameter:
 
 
 def tp_rank_and_size() -> tuple[int, int]:
-    """This rank's tensor-parallel (rank, world size). Single rank until `distributed.py` lands."""
-    return 0, 1
+    """This rank's tensor-parallel (rank, world size): (0, 1) outside a distributed engine."""
+    return distributed.tp_rank_and_size()

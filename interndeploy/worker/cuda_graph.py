@@ -17,6 +17,7 @@ import logging
 import torch
 from torch import nn
 
+from ..distributed import tp_rank_and_size
 from .forward_context import AttentionMetadata, forward_context
 
 logger = logging.getLogger("interndeploy")
@@ -43,6 +44,7 @@ class DecodeCudaGraphs:
             self.token_seq_lens = torch.ones(n, dtype=torch.int64)
             self.query_start_loc = torch.arange(n + 1, dtype=torch.int32)
             self.block_tables = torch.zeros(n, max_blocks_per_seq, dtype=torch.int32)
+        self.capture_mode = "thread_local" if tp_rank_and_size()[1] > 1 else "global"
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
 
@@ -72,7 +74,8 @@ class DecodeCudaGraphs:
                 self.model(self.input_ids[:bs], self.positions[:bs])  # warm-up: lazy inits, autotuning
                 torch.cuda.synchronize(self.device)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool):
+                # thread_local: NCCL's watchdog thread may query its events while a tp rank captures
+                with torch.cuda.graph(graph, pool, capture_error_mode=self.capture_mode):
                     out = self.model(self.input_ids[:bs], self.positions[:bs])
             pool = graph.pool()
             self.graphs[bs] = graph

@@ -23,6 +23,8 @@ from .forward_context import AttentionMetadata, forward_context
 from .guided_decoding import GrammarBackend
 from .kv_cache import KVCacheSpec, plan_kv_cache
 from .sampler import Sampler, SamplingBatch
+from .step_inputs import StepInputs
+from .vision import VisionRunner, build_vision_tower
 
 logger = logging.getLogger("interndeploy")
 
@@ -81,7 +83,12 @@ class ModelRunner:
         for module in self.model.modules():  # session_len may exceed max_position_embeddings
             if isinstance(module, RotaryEmbedding):
                 module.reserve_positions(session_len)
+        # the vision tower of a multimodal checkpoint (single-rank engines: TP workers get no input embeddings)
+        self.vision: VisionRunner | None = None
+        if info.serve_vision and cfg.tp == 1:
+            self.vision = VisionRunner(build_vision_tower(info, self.dtype, self.device, cfg.load_format == "dummy"))
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.weight_bytes += self.vision.weight_bytes if self.vision is not None else 0
         self.sampler = Sampler()
         self.grammar: GrammarBackend | None = None  # set by the engine; masks logits of guided sequences
         self.block_size = cfg.block_size
@@ -100,71 +107,51 @@ class ModelRunner:
     def _attach_kv_cache(self) -> None:
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         assert len(layers) == self.kv.num_layers, f"{len(layers)} attention layers, KV planned {self.kv.num_layers}"
-        shape = (self.kv.num_blocks, self.block_size, self.kv.num_kv_heads, self.kv.head_dim)
         # torch.empty: untouched CPU pages cost nothing until written; attention reads only written slots
-        for layer in layers:
-            layer.k_cache = torch.empty(shape, dtype=self.kv.dtype, device=self.device)
-            layer.v_cache = torch.empty(shape, dtype=self.kv.dtype, device=self.device)
+        for layer in layers:  # k/v caches, and their scales and zero points when int8 / int4 (else empty)
+            layer.k_cache, layer.v_cache, layer.k_scale_zero, layer.v_scale_zero = self.kv.layout.allocate(
+                self.kv.num_blocks, self.block_size, self.kv.num_kv_heads, self.device
+            )
 
     def _prepare(self, sched: SchedulerOutput) -> tuple[AttentionMetadata, torch.Tensor, torch.Tensor, list[int]]:
-        bs = self.block_size
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        token_seq_lens: list[int] = []
-        query_start = [0]
-        seq_lens: list[int] = []
-        query_lens: list[int] = []
-        last_index: list[int] = []  # flattened index of each sampling sequence's last token
-        for item in sched.scheduled:
-            seq = item.seq
-            start, end = seq.num_computed_tokens, seq.num_computed_tokens + item.num_new_tokens
-            input_ids.extend(seq.token_ids[start:end])
-            positions.extend(range(start, end))
-            table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            token_seq_lens.extend([end] * (end - start))
-            query_start.append(query_start[-1] + end - start)
-            seq_lens.append(end)
-            query_lens.append(end - start)
-            if item.samples:
-                last_index.append(len(input_ids) - 1)
-        max_blocks = max(len(item.seq.block_table) for item in sched.scheduled)
-        tables = [item.seq.block_table + [0] * (max_blocks - len(item.seq.block_table)) for item in sched.scheduled]
-
-        def tensor(x: list, dtype: torch.dtype) -> torch.Tensor:
-            t = torch.tensor(x, dtype=dtype, pin_memory=self.device.type == "cuda")
-            return t.to(self.device, non_blocking=True)
-
-        meta = AttentionMetadata(
-            slot_mapping=tensor(slots, torch.int64),
-            query_start_loc=tensor(query_start, torch.int32),
-            seq_lens=tensor(seq_lens, torch.int32),
-            block_tables=tensor(tables, torch.int32),
-            token_seq_lens=tensor(token_seq_lens, torch.int64),
-            query_lens_host=query_lens,
-            seq_lens_host=seq_lens,
-            max_query_len=max(query_lens),
-            max_seq_len=max(seq_lens),
-            is_decode_only=max(query_lens) == 1,
-        )
-        return meta, tensor(input_ids, torch.int64), tensor(positions, torch.int64), last_index
+        return StepInputs.from_scheduler_output(sched).to_device(self.device, self.block_size)
 
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
-        out = ModelRunnerOutput()
-        if sched.is_empty:
-            return out
-        meta, input_ids, positions, last_index = self._prepare(sched)
-        if self.graphs is not None and self.graphs.can_run(meta):
+    def run_step(self, step: StepInputs, input_embeds: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Forward one step on this rank -> logits [S, V] of the sampling rows (None when none samples).
+        Every tensor-parallel rank runs it with the same `step`: the layers' collectives pair up.
+        `input_embeds` [T, H] replaces the embedding of the input ids (image/video features spliced in)."""
+        meta, input_ids, positions, last_index = step.to_device(self.device, self.block_size)
+        if input_embeds is None and self.graphs is not None and self.graphs.can_run(meta):
             hidden = self.graphs.run(input_ids, positions, meta)
         else:
             with forward_context(meta):
-                hidden = self.model(input_ids, positions)
-        samplers = [item.seq for item in sched.scheduled if item.samples]
-        if not samplers:
+                if input_embeds is None:
+                    hidden = self.model(input_ids, positions)
+                else:
+                    hidden = self.model(input_ids, positions, input_embeds)
+        if not last_index:
+            return None
+        return self.model.compute_logits(hidden[torch.tensor(last_index, device=self.device)])
+
+    def _vision_embeds(self, sched: SchedulerOutput, step: StepInputs) -> torch.Tensor | None:
+        """The hook for images and videos: input embeddings with their vision features at their positions
+        (worker/vision.py), or None when the step reaches no media."""
+        if self.vision is None:
+            return None
+        return self.vision.input_embeds(sched, step.input_ids, self.model)
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput, step: StepInputs | None = None) -> ModelRunnerOutput:
+        """Run `sched` (`step`: its inputs, when the executor already built them to send) and sample."""
+        out = ModelRunnerOutput()
+        if sched.is_empty:
             return out
-        logits = self.model.compute_logits(hidden[torch.tensor(last_index, device=self.device)])
+        step = step or StepInputs.from_scheduler_output(sched)
+        logits = self.run_step(step, self._vision_embeds(sched, step))
+        samplers = [item.seq for item in sched.scheduled if item.samples]
+        if logits is None or not samplers:
+            return out
         if self.grammar is not None:
             self.grammar.mask_logits(logits, samplers)
         batch = SamplingBatch.build(

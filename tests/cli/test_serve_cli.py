@@ -69,11 +69,10 @@ def test_ssl_reads_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--dp", "2"], "--dp/--ep is not available yet"),
-    (["--ep", "8"], "--dp/--ep is not available yet"),
-    (["--proxy-url", "http://127.0.0.1:8000"], "--proxy-url is not available yet"),
-    (["--nnodes", "2"], "--nnodes/--node-rank are not available yet"),
-    (["--quant-policy", "8"], "--quant-policy 8 is not available yet"),
+    (["--dp", "2"], "--dp 2 starts 2 api_servers; start `interndeploy serve proxy`"),
+    (["--ep", "8"], "ep=8 must equal tp x dp = 1"),
+    (["--dp", "2", "--ep", "2", "--nnodes", "2", "--proxy-url", "http://127.0.0.1:8000"],
+     "--nnodes > 1 with --dp needs INTERNDEPLOY_DP_MASTER_ADDR"),
     (["--tool-call-parser", "nope"], "unknown tool call parser 'nope'"),
     (["--reasoning-parser", "nope"], "unknown reasoning parser 'nope'"),
     (["--ssl"], "--ssl needs the environment variables SSL_KEYFILE and SSL_CERTFILE"),
@@ -83,6 +82,8 @@ def test_unavailable_flags_fail_with_one_line(
 ):
     monkeypatch.delenv("SSL_KEYFILE", raising=False)
     monkeypatch.delenv("SSL_CERTFILE", raising=False)
+    for name in ("INTERNDEPLOY_DP_MASTER_ADDR", "LMDEPLOY_DP_MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
     assert main(["serve", "api_server", str(internlm2_dir), *flags]) == 1  # before any model loading
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]

@@ -1,0 +1,113 @@
+"""What one step computes, as plain integers: built by rank 0 from the SchedulerOutput, sent to the other
+tensor-parallel ranks as one int64 message, turned into device tensors by every rank the same way.
+
+    input_ids    [T]  the scheduled tokens of all sequences, flattened in batch order
+    seq_lens     [B]  context length of each sequence after this step
+    query_lens   [B]  its tokens computed this step (the last query_lens of its context)
+    block_tables [B, W] cache block ids (padded with 0)
+    last_index   [S]  flattened index of the last token of each sequence that samples this step
+
+Positions and cache slots follow from those (token j of a sequence sits at seq_len - query_len + j, in
+slot table[pos // block_size] * block_size + pos % block_size), so they are not sent.
+
+Message layout: [T, B, W, S, input_ids..., seq_lens..., query_lens..., tables (row-major)..., last_index...]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..engine.scheduler import SchedulerOutput
+from .forward_context import AttentionMetadata
+
+
+@dataclass(slots=True)
+class StepInputs:
+    input_ids: list[int]  # [T] token ids
+    seq_lens: list[int]  # [B] tokens of context after this step
+    query_lens: list[int]  # [B] tokens computed this step
+    block_tables: list[list[int]]  # [B][W] cache block ids, padded with 0
+    last_index: list[int]  # [S] flattened index of each sampling sequence's last token
+    dummy: bool = False  # a DP engine's filler step: writes no cache slot, its output is dropped
+
+    @classmethod
+    def from_scheduler_output(cls, sched: SchedulerOutput) -> StepInputs:
+        input_ids: list[int] = []
+        seq_lens: list[int] = []
+        query_lens: list[int] = []
+        last_index: list[int] = []
+        for item in sched.scheduled:
+            seq = item.seq
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + item.num_new_tokens
+            input_ids.extend(seq.token_ids[start:end])
+            seq_lens.append(end)
+            query_lens.append(end - start)
+            if item.samples:
+                last_index.append(len(input_ids) - 1)
+        width = max(len(item.seq.block_table) for item in sched.scheduled)
+        tables = [item.seq.block_table + [0] * (width - len(item.seq.block_table)) for item in sched.scheduled]
+        return cls(input_ids, seq_lens, query_lens, tables, last_index)
+
+    @classmethod
+    def make_dummy(cls) -> StepInputs:
+        """One token of one sequence, stored nowhere (slot -1): lets an idle DP engine join its peers' MoE
+        collectives. Attention reads block 0, whatever it holds; the output is discarded."""
+        return cls([0], [1], [1], [[0]], [], dummy=True)
+
+    def pack(self) -> list[int]:
+        width = len(self.block_tables[0]) if self.block_tables else 0
+        head = [len(self.input_ids), len(self.seq_lens), width, len(self.last_index)]
+        flat = [b for row in self.block_tables for b in row]
+        return head + self.input_ids + self.seq_lens + self.query_lens + flat + self.last_index
+
+    @classmethod
+    def unpack(cls, msg: list[int]) -> StepInputs:
+        t, b, w, s = msg[:4]
+        pos = 4
+        ids = msg[pos : pos + t]
+        pos += t
+        seq_lens = msg[pos : pos + b]
+        pos += b
+        query_lens = msg[pos : pos + b]
+        pos += b
+        flat = msg[pos : pos + b * w]
+        pos += b * w
+        tables = [flat[i * w : (i + 1) * w] for i in range(b)]
+        return cls(ids, seq_lens, query_lens, tables, msg[pos : pos + s])
+
+    def to_device(
+        self, device: torch.device, block_size: int
+    ) -> tuple[AttentionMetadata, torch.Tensor, torch.Tensor, list[int]]:
+        """(attention metadata, input_ids [T], positions [T], last_index) on `device`."""
+        positions: list[int] = []
+        slots: list[int] = []
+        token_seq_lens: list[int] = []
+        query_start = [0]
+        for table, end, q in zip(self.block_tables, self.seq_lens, self.query_lens, strict=True):
+            start = end - q
+            positions.extend(range(start, end))
+            slots.extend(table[p // block_size] * block_size + p % block_size for p in range(start, end))
+            token_seq_lens.extend([end] * q)
+            query_start.append(query_start[-1] + q)
+        if self.dummy:
+            slots = [-1] * len(slots)
+
+        def tensor(x: list, dtype: torch.dtype) -> torch.Tensor:
+            t = torch.tensor(x, dtype=dtype, pin_memory=device.type == "cuda")
+            return t.to(device, non_blocking=True)
+
+        meta = AttentionMetadata(
+            slot_mapping=tensor(slots, torch.int64),
+            query_start_loc=tensor(query_start, torch.int32),
+            seq_lens=tensor(self.seq_lens, torch.int32),
+            block_tables=tensor(self.block_tables, torch.int32),
+            token_seq_lens=tensor(token_seq_lens, torch.int64),
+            query_lens_host=list(self.query_lens),
+            seq_lens_host=list(self.seq_lens),
+            max_query_len=max(self.query_lens),
+            max_seq_len=max(self.seq_lens),
+            is_decode_only=max(self.query_lens) == 1,
+        )
+        return meta, tensor(self.input_ids, torch.int64), tensor(positions, torch.int64), self.last_index
