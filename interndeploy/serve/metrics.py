@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -68,6 +68,13 @@ class ServerMetrics:
                              buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.http_in_flight = Gauge(_P + "http_requests_in_flight", "Generation requests being served",
                                     registry=self.registry)
+        self.queued = Gauge(_P + "http_requests_queued",
+                            "Samples admitted by the server that have not produced their first output",
+                            registry=self.registry)
+        self.aborted = Counter(_P + "requests_aborted", "Generation requests cut before their end (client "
+                               "disconnect, /abort_request, shutdown)", registry=self.registry)
+        self.rejected = Counter(_P + "requests_rejected", "Generation requests refused with 503, by reason "
+                                "(server_busy, queue_full, shutting_down)", ["reason"], registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

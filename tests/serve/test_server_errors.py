@@ -61,7 +61,8 @@ def envelope(r: httpx.Response, status: int) -> dict:
         ({"messages": HI, "chat_template_kwargs": {"enable_thinking": "no"}}, "chat_template_kwargs.enable_thinking"),
         ({"messages": HI, "enable_thinking": "maybe"}, "enable_thinking"),
         ({"messages": HI, "logit_bias": {"5": 1.0}}, "logit_bias"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+         "messages[0].content[0]"),
     ],
 )
 def test_invalid_fields_are_400_with_param(server: ServerThread, body: dict, param: str):
@@ -135,14 +136,17 @@ def test_api_keys(guarded_server: ServerThread):
     assert envelope(wrong, 401)["code"] == "invalid_api_key"
     assert envelope(httpx.get(url + "/v1/models", headers={"Authorization": API_KEY}), 401)  # no Bearer
     assert post(guarded_server, body, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
-    assert httpx.get(url + "/health").status_code == 200 and httpx.get(url + "/metrics").status_code == 200
+    assert httpx.get(url + "/health").status_code == 200
+    assert envelope(httpx.get(url + "/metrics"), 401)  # every route but /health needs the key
+    assert httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
     assert envelope(post(guarded_server, {"abort_all": True}, path="/abort_request"), 401)
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(api_key="sk-wrong", base_url=url + "/v1", max_retries=0).models.list()
     models = openai.OpenAI(api_key=API_KEY, base_url=url + "/v1", max_retries=0).models.list()
     assert models.data[0].id == MODEL_NAME
-    assert httpx.get(url + "/").status_code == 404  # --disable-fastapi-docs
-    assert httpx.get(url + "/openapi.json").status_code == 404
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    assert httpx.get(url + "/", headers=auth).status_code == 404  # --disable-fastapi-docs
+    assert httpx.get(url + "/openapi.json", headers=auth).status_code == 404
 
 
 def test_cors(guarded_server: ServerThread, server: ServerThread):
@@ -187,7 +191,7 @@ def test_concurrency_limit(guarded_server: ServerThread, scripted_engine: Script
 
 
 def metrics(srv: ServerThread) -> dict[str, float]:
-    text = httpx.get(srv.url + "/metrics").text
+    text = httpx.get(srv.url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(interndeploy_\w+) (\S+)$", text, re.M)}
 
 

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from ...engine.request import RequestOutput
+from ...vl.media import MediaError
+from ...vl.prompt import MEDIA_PARTS, has_media
 from .chat_output import ChoiceDelta, ChoiceStream, OutputPlan, finish_reason, parse_reply
 from .errors import APIError, error_body
 from .generation import check_length, gen_config
@@ -34,7 +37,7 @@ from .protocol import (
     Usage,
 )
 from .state import ServerState
-from .streaming import SSE_DONE, primed, sse, sse_response, unless_disconnected
+from .streaming import GENERATION_RESPONSES, SSE_DONE, primed, sse, sse_response, unless_disconnected
 
 router = APIRouter()
 
@@ -42,15 +45,25 @@ router = APIRouter()
 _RESERVED_KWARGS = ("messages", "prompt", "tools", "bos_token", "eos_token", "do_preprocess")
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=GENERATION_RESPONSES)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     state: ServerState = request.app.state.server
     state.check_model(body.model)
     body.check()
+    state.check_n(body.n)
     engine = state.engine
-    messages, tools, enable_thinking, kwargs = template_inputs(body)
-    try:
-        prompt_ids = engine.encode_prompt(messages, tools=tools, enable_thinking=enable_thinking, **kwargs)
+    vision = getattr(engine, "vision", None) is not None  # a vision-language model: images and videos accepted
+    messages, tools, enable_thinking, kwargs = template_inputs(body, MEDIA_PARTS if vision else ())
+    multimodal = None
+    try:  # in a worker thread: a long prompt takes seconds to tokenize and the event loop must not wait on it
+        if vision and has_media(messages):  # fetch, decode and tile the media (vl/), then tokenize around them
+            prompt_ids, multimodal = await engine.encode_chat(messages, state.settings.media_policy, tools=tools,
+                                                              enable_thinking=enable_thinking, **kwargs)
+        else:
+            prompt_ids = await run_in_threadpool(engine.encode_prompt, messages, tools=tools,
+                                                 enable_thinking=enable_thinking, **kwargs)
+    except MediaError as e:  # corrupt or unsupported media, a URL the policy refuses, too many frames
+        raise APIError(str(e), param=e.param or "messages", code="invalid_media") from None
     except ValueError as e:  # ChatTemplateError: unknown role, unsupported content part, template failure
         raise APIError(str(e), param="messages") from None
     length_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
@@ -81,14 +94,18 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
     )
     state.log_prompt(responder.request_id, messages, gen)
-    outputs = state.generate(prompt_ids, gen, responder.request_id, body.session_id)
+    outputs = state.generate(prompt_ids, gen, responder.request_id, body.session_id, multimodal)
     if body.stream:
         return sse_response(responder.chunks(await unless_disconnected(primed(outputs), request)))
     return JSONResponse(await unless_disconnected(responder.collect(outputs), request))
 
 
-def template_inputs(body: ChatCompletionRequest) -> tuple[list[dict], list[dict] | None, bool | None, dict]:
-    """(messages, tools, enable_thinking, other chat_template_kwargs) for the chat template."""
+def template_inputs(
+    body: ChatCompletionRequest, media_parts: tuple[str, ...] = ()
+) -> tuple[list[dict], list[dict] | None, bool | None, dict]:
+    """(messages, tools, enable_thinking, other chat_template_kwargs) for the chat template; content parts of the
+    `media_parts` types pass (a vision-language model's)."""
+    check_text_only(body, media_parts)
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     tools = None
     if body.tools and body.tool_choice != "none":
@@ -107,6 +124,24 @@ def template_inputs(body: ChatCompletionRequest) -> tuple[list[dict], list[dict]
     if enable_thinking is None:
         enable_thinking = body.enable_thinking
     return messages, tools, enable_thinking, kwargs
+
+
+def check_text_only(body: ChatCompletionRequest, media_parts: tuple[str, ...] = ()) -> None:
+    """400 for content parts other than text (and `media_parts`, for a vision-language model): a text-only model
+    takes no image, audio or video input, and its server fetches no media."""
+    for i, message in enumerate(body.messages):
+        if not isinstance(message.content, list):
+            continue
+        for j, part in enumerate(message.content):
+            kind = part.get("type", "text")
+            if kind in media_parts:
+                continue
+            if kind != "text":
+                raise APIError(f"{kind!r} content parts are not supported: {body.model or 'this model'} is served "
+                               "as a text-only model; send text parts only", param=f"messages[{i}].content[{j}]",
+                               code="unsupported_content")
+            if not isinstance(part.get("text"), str):
+                raise APIError("a text content part needs a string `text`", param=f"messages[{i}].content[{j}].text")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from ...engine.request import RequestOutput
@@ -28,26 +29,27 @@ from .protocol import (
     Usage,
 )
 from .state import ServerState
-from .streaming import SSE_DONE, merge, primed, sse, sse_response, unless_disconnected
+from .streaming import GENERATION_RESPONSES, SSE_DONE, merge, primed, sse, sse_response, unless_disconnected
 
 router = APIRouter()
 
 
-@router.post("/v1/completions", response_model=CompletionResponse)
+@router.post("/v1/completions", response_model=CompletionResponse, responses=GENERATION_RESPONSES)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     state: ServerState = request.app.state.server
     state.check_model(body.model)
     body.check()
+    state.check_n(body.n * len(body.prompt), "n" if len(body.prompt) == 1 else "prompt")
     engine = state.engine
     vocab = engine.tokenizer.vocab_size
-    prompt_ids: list[list[int]] = []
     for i, prompt in enumerate(body.prompt):
-        if isinstance(prompt, str):
-            prompt_ids.append(engine.encode_prompt(prompt, do_preprocess=False))
-        elif all(0 <= t < vocab for t in prompt):
-            prompt_ids.append(list(prompt))
-        else:
+        if not isinstance(prompt, str) and not all(0 <= t < vocab for t in prompt):
             raise APIError(f"prompt {i} has token ids outside the vocabulary (size {vocab})", param="prompt")
+
+    def tokenize() -> list[list[int]]:
+        return [engine.encode_prompt(p, do_preprocess=False) if isinstance(p, str) else list(p) for p in body.prompt]
+
+    prompt_ids = await run_in_threadpool(tokenize)  # off the event loop: long prompts take seconds
     gens = [
         gen_config(
             body,
@@ -157,7 +159,8 @@ class CompletionResponder:
 
 
 @router.post("/v1/encode", response_model=EncodeResponse)
-async def encode(body: EncodeRequest, request: Request) -> EncodeResponse:
+def encode(body: EncodeRequest, request: Request) -> EncodeResponse:
+    """A plain `def`: FastAPI runs it in a worker thread, so long inputs do not hold up the event loop."""
     state: ServerState = request.app.state.server
     engine = state.engine
     tokenizer = engine.tokenizer

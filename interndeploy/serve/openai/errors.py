@@ -2,7 +2,9 @@
 
 Handlers installed by `install_error_handlers` turn FastAPI's validation errors (bad fields, malformed JSON,
 invalid UTF-8), Starlette's HTTP errors (unknown route, wrong method) and anything unexpected into the envelope,
-so no client ever sees a bare text or HTML error.
+so no client ever sees a bare text or HTML error. Messages are capped at MAX_MESSAGE_CHARS (an error quoting a
+huge input must not be huge itself). /openapi.json documents what is really sent: 400 with the envelope instead of
+FastAPI's 422, and the other statuses each route can answer (`document_errors`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("interndeploy")
 
+MAX_MESSAGE_CHARS = 2000
+
 _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
           405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
           429: "rate_limit_error", 503: "server_error"}
+_DESCRIPTIONS = {400: "invalid request", 401: "missing or invalid API key", 404: "unknown model or request",
+                 413: "request body too large", 503: "busy (concurrency limit, full queue) or shutting down"}
 
 
 class APIError(Exception):
@@ -46,7 +52,19 @@ class APIError(Exception):
 
 def error_body(message: str, status: int, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "…"
+    if param is not None and len(param) > 200:
+        param = param[:200] + "…"
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def document_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: these statuses, each with the error envelope."""
+    from .protocol import ErrorResponse
+
+    return {status: {"model": ErrorResponse, "description": _DESCRIPTIONS.get(status, HTTPStatus(status).phrase)}
+            for status in statuses}
 
 
 def error_response(err: APIError) -> JSONResponse:
@@ -91,7 +109,44 @@ def validation_error(errors: Sequence[dict[str, Any]]) -> APIError:
     return APIError(message, param=param, code="invalid_value")
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def _fix_openapi(app: FastAPI, document_401: bool) -> None:
+    """Validation errors are 400s with the envelope (every route with a body may send them), not FastAPI's 422;
+    with API keys, every route but /health may answer 401."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        errors = document_errors(400, 401, 413)
+        for path, ops in schema.get("paths", {}).items():
+            for op in ops.values():
+                responses = op.setdefault("responses", {})
+                had_422 = responses.pop("422", None) is not None
+                wanted = ([400, 413] if had_422 else []) + ([401] if document_401 and path != "/health" else [])
+                for status in wanted:
+                    responses.setdefault(str(status), {
+                        "description": errors[status]["description"],
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+                    })
+        components = schema.get("components", {}).get("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        if "ErrorResponse" not in components:
+            from .protocol import ErrorInfo, ErrorResponse
+
+            components["ErrorInfo"] = ErrorInfo.model_json_schema()
+            components["ErrorResponse"] = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+            components["ErrorResponse"].pop("$defs", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def install_error_handlers(app: FastAPI, document_401: bool = False) -> None:
+    _fix_openapi(app, document_401)
+
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return error_response(exc)

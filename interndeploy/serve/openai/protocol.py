@@ -9,6 +9,7 @@ into 400s whose `param` names the field (errors.validation_error); checks across
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Literal
 
@@ -16,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .errors import APIError
 
-MAX_N = 128  # samples per request; more would let one request fill the whole batch many times over
+MAX_N = 128  # default --max-n: more samples per request would let one request fill the batch many times over
+MAX_SCHEMA_DEPTH = 32  # nesting of a tool's parameters schema (deeper is refused, not recursed into)
 
 
 class _Open(BaseModel):
@@ -56,11 +58,71 @@ class ChatMessage(_Open):
     reasoning_content: str | None = None
 
 
+def schema_problem(schema: Any, where: str = "parameters", depth: int = 0) -> str | None:
+    """What makes a tool's JSON schema structurally unusable, or None.
+
+    Structure only: keywords of the wrong JSON type, a `pattern` that is not a regular expression, nesting deeper
+    than MAX_SCHEMA_DEPTH. Unknown type names pass (seed 004 writes "type": "int"); the schema only reaches the
+    chat template, never a grammar compiler.
+    """
+    if not isinstance(schema, dict):
+        return f"{where} must be a JSON schema object, got {type(schema).__name__}"
+    if depth > MAX_SCHEMA_DEPTH:
+        return f"{where} nests deeper than {MAX_SCHEMA_DEPTH} levels"
+    kind = schema.get("type")
+    if kind is not None and not (isinstance(kind, str) or (isinstance(kind, list) and all(isinstance(k, str)
+                                                                                          for k in kind))):
+        return f"{where}.type must be a type name or a list of type names"
+    required = schema.get("required")
+    if required is not None and not (isinstance(required, list) and all(isinstance(r, str) for r in required)):
+        return f"{where}.required must be a list of property names"
+    if "enum" in schema and not isinstance(schema["enum"], list):
+        return f"{where}.enum must be a list"
+    pattern = schema.get("pattern")
+    if pattern is not None:
+        if not isinstance(pattern, str):
+            return f"{where}.pattern must be a string"
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            return f"{where}.pattern is not a regular expression: {e}"
+    children: list[tuple[str, Any]] = []
+    for key in ("properties", "patternProperties", "$defs", "definitions"):
+        if key in schema:
+            if not isinstance(schema[key], dict):
+                return f"{where}.{key} must be an object of schemas"
+            children += [(f"{where}.{key}.{name}", sub) for name, sub in schema[key].items()]
+    for key in ("items", "additionalProperties", "not"):
+        sub = schema.get(key)
+        if isinstance(sub, list) and key == "items":  # draft-4 tuple form
+            children += [(f"{where}.items[{i}]", s) for i, s in enumerate(sub)]
+        elif sub is not None and not isinstance(sub, bool):
+            children.append((f"{where}.{key}", sub))
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in schema:
+            if not isinstance(schema[key], list):
+                return f"{where}.{key} must be a list of schemas"
+            children += [(f"{where}.{key}[{i}]", s) for i, s in enumerate(schema[key])]
+    for path, sub in children:
+        problem = schema_problem(sub, path, depth + 1)
+        if problem:
+            return problem
+    return None
+
+
 class FunctionDefinition(_Open):
     name: str = Field(min_length=1, max_length=256)
     description: str | None = None
-    parameters: dict[str, Any] | None = None  # JSON schema; not checked further (seed 004 writes "type": "int")
+    parameters: dict[str, Any] | None = None  # JSON schema, checked for structure only (schema_problem)
     strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _usable_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        problem = None if value is None else schema_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class Tool(_Open):
@@ -111,7 +173,7 @@ class SamplingRequest(_Open):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=MAX_N)
+    n: int = Field(1, ge=1)  # at most --max-n (ServerState.check_n)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -166,6 +228,9 @@ class ChatCompletionRequest(SamplingRequest):
 
     def check(self) -> None:
         """Checks across fields (pydantic would report them without a param)."""
+        if "chat_template" in (self.model_extra or {}):  # Jinja from a client could exhaust CPU and memory
+            raise APIError("chat_template cannot be set per request; start the server with --chat-template",
+                           param="chat_template")
         if self.top_logprobs is not None and not self.logprobs:
             raise APIError("top_logprobs needs logprobs set to true", param="top_logprobs")
         choice = self.tool_choice
@@ -242,6 +307,17 @@ class AbortRequest(_Open):
 
 
 # ---------------------------------------------------------------- responses
+
+
+class ErrorInfo(BaseModel):
+    message: str  # what was wrong and what to do
+    type: str  # invalid_request_error | rate_limit_error | server_error
+    param: str | None = None  # the request field at fault, e.g. messages[0].role
+    code: str | None = None  # machine-readable: context_length_exceeded, server_busy, queue_full...
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
 
 
 class ModelCard(BaseModel):

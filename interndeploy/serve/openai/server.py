@@ -2,9 +2,14 @@
 
 Middleware, outermost first (plain ASGI, so streaming responses and client disconnects pass through untouched):
 
-    CORS (only with --allow-origins) -> API keys (401) -> concurrency limit (503) -> routes
+    CORS (only with --allow-origins) -> API keys (401) -> concurrency, queue, draining (503) -> body size (413)
+        -> routes
 
-CORS is outermost so that preflight requests and error responses carry its headers.
+CORS is outermost so that preflight requests and error responses carry its headers; it answers preflights
+itself, so no OPTIONS request reaches a route without a key. Every path but /health needs the key (paths are
+compared exactly as the router sees them: `/health/` is not `/health`). Past the concurrency limit, the queue
+limit and during shutdown, generation requests get 503 with Retry-After (ConcurrencyLimitMiddleware, then
+ServerState.generate, exactly, for n samples).
 """
 
 from __future__ import annotations
@@ -20,13 +25,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..metrics import CONTENT_TYPE
 from . import chat, completions
-from .errors import APIError, error_body, install_error_handlers
+from .errors import APIError, document_errors, error_body, install_error_handlers
 from .protocol import AbortRequest, ModelCard, ModelList
 from .state import ServerSettings, ServerState
 from .streaming import ClientGone
 
-# reachable without an API key: liveness, Prometheus scraping, the API docs
-OPEN_PATHS = frozenset({"/health", "/metrics", "/", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
+# reachable without an API key: liveness only
+OPEN_PATHS = frozenset({"/health"})
 # what --max-concurrent-requests limits
 LIMITED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
@@ -59,7 +64,7 @@ class APIKeyMiddleware:
         return any(matches)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
+        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
@@ -72,9 +77,54 @@ class APIKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+class BodySizeLimitMiddleware:
+    """413 for a request body over `limit` bytes, by Content-Length or as it streams in (chunked), before the app
+    buffers it. The body is read here and replayed to the app; later `receive` calls (disconnects) pass through."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def _too_large(self, send: Send) -> None:
+        body = error_body(f"the request body is larger than this server's limit of {self.limit} bytes "
+                          "(--max-request-bytes)", 413, None, "request_too_large")
+        await _send_json(send, 413, body, {"Connection": "close"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._too_large(send)
+            return
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left while sending
+                return
+            part = message.get("body", b"")
+            size += len(part)
+            if size > self.limit:
+                await self._too_large(send)
+                return
+            parts.append(part)
+            if not message.get("more_body", False):
+                break
+        replay: list[dict[str, Any]] = [{"type": "http.request", "body": b"".join(parts), "more_body": False}]
+
+        async def replayed() -> dict[str, Any]:
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replayed, send)
+
+
 class ConcurrencyLimitMiddleware:
     """503 with Retry-After when `limit` generation requests are already being served (streams count until their
-    last byte). The check and the increment happen without an await between them, so the limit is exact."""
+    last byte), when the queue is full or while draining. The check and the increment happen without an await
+    between them, so the limit is exact. Refusing here, before the body is read and parsed, keeps a flood of
+    refused requests cheap (ServerState.generate checks the queue again, exactly, for n samples)."""
 
     def __init__(self, app: ASGIApp, limit: int | None, state: ServerState) -> None:
         self.app = app
@@ -87,9 +137,14 @@ class ConcurrencyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         if self.limit is not None and self.in_flight >= self.limit:
+            self.state.count_rejected("server_busy")
             body = error_body(f"the server is at its limit of {self.limit} concurrent requests "
                               "(--max-concurrent-requests); retry shortly", 503, None, "server_busy")
             await _send_json(send, 503, body, {"Retry-After": "1"})
+            return
+        refusal = self.state.refusal()
+        if refusal is not None:
+            await _send_json(send, 503, error_body(refusal.message, 503, None, refusal.code), refusal.headers)
             return
         gauge = self.state.metrics.http_in_flight if self.state.metrics else None
         self.in_flight += 1
@@ -115,7 +170,7 @@ def build_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.server = state
-    install_error_handlers(app)
+    install_error_handlers(app, document_401=bool(settings.api_keys))
 
     @app.exception_handler(ClientGone)
     async def _gone(_: Request, __: ClientGone) -> Response:
@@ -129,11 +184,11 @@ def build_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         card = ModelCard(id=state.model_name, root=str(engine.info.path), max_model_len=engine.session_len)
         return ModelList(data=[card])
 
-    @app.get("/health")
+    @app.get("/health", responses={503: {"description": "the server is shutting down"}})
     async def health() -> Response:
-        return Response(status_code=200)
+        return Response(status_code=503 if state.draining else 200)
 
-    @app.post("/abort_request")
+    @app.post("/abort_request", responses=document_errors(400, 404))
     async def abort_request(body: AbortRequest) -> dict[str, int]:
         """Abort running requests: all, one `session_id` (LMDeploy) or one response `id` (`request_id`)."""
         if not body.abort_all and body.request_id is None and body.session_id == -1:
@@ -152,6 +207,7 @@ def build_app(engine: Any, settings: ServerSettings | None = None) -> FastAPI:
         async def prometheus() -> Response:
             return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_request_bytes)
     app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_concurrent_requests, state=state)
     if settings.api_keys:
         app.add_middleware(APIKeyMiddleware, api_keys=settings.api_keys)

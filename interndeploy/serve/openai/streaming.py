@@ -16,9 +16,18 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from .errors import document_errors
+
 T = TypeVar("T")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# OpenAPI `responses` of the generation routes: JSON, or with "stream": true an SSE stream; their errors
+GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {  # one event: a JSON chunk, an error, or [DONE]
+        "type": "object", "properties": {"data": {"type": "string"}}, "required": ["data"]}}},
+          "description": "the response, or with stream=true SSE `data:` events ending with `data: [DONE]`"},
+    **document_errors(404, 503),
+}
 
 
 class ClientGone(Exception):
