@@ -103,6 +103,10 @@ def resolve_model_path(model: str | os.PathLike, revision: str | None = None) ->
     if path.is_dir():
         return path.resolve()
     name = str(model)
+    if name == "demo":  # the embedded demo model (interndeploy/demo/model); a local ./demo directory wins
+        from interndeploy.demo import demo_model_dir
+
+        return demo_model_dir()
     if path.exists():
         raise ModelDirError(f"model path {name} is a file, not a model directory")
     looks_like_repo = name.count("/") == 1 and not name.startswith((".", "/", "~"))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job: set up .venv if needed, build a small random-weight InternLM2 model
-# directory (until the embedded demo model lands), and chat with it through pipeline().
+# The main job: set up .venv if needed, start `interndeploy serve api_server demo` (the embedded
+# demo model) and get a chat answer through the OpenAI client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh

@@ -1,6 +1,5 @@
-"""The README's main job: start `interndeploy serve api_server` and get a chat answer through
-the OpenAI client. Until the embedded demo model lands it serves a small RANDOM-WEIGHT
-InternLM2 directory built on the spot (its replies are noise, by design)."""
+"""The README's main job: start `interndeploy serve api_server demo` (the embedded demo model, no network)
+and get a chat answer through the OpenAI client."""
 
 from __future__ import annotations
 
@@ -8,9 +7,7 @@ import argparse
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 
 def _free_port() -> int:
@@ -37,19 +34,13 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 300.0) -> N
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", default=None, help="model to serve (default: build a small random-weight one)")
+    p.add_argument("--model", default="demo", help="model to serve (default: demo, the embedded demo model)")
     p.add_argument("--prompt", default="Please tell me five scenic spots in Shanghai")
     args = p.parse_args(argv)
 
     from openai import OpenAI
 
     model = args.model
-    if model is None:
-        from interndeploy.testing.tiny_models import build_internlm2_dir
-
-        out = Path(tempfile.mkdtemp(prefix="interndeploy-random-"))
-        print(f"building a small RANDOM-WEIGHT InternLM2 model in {out} (the trained demo model is a later issue)")
-        model = str(build_internlm2_dir(out, hidden_size=128, intermediate_size=256, num_hidden_layers=2))
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "interndeploy.cli.main", "serve", "api_server", model,
@@ -62,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         model_id = client.models.list().data[0].id
         print(f"user> {args.prompt}")
         resp = client.chat.completions.create(
-            model=model_id, messages=[{"role": "user", "content": args.prompt}], max_tokens=48, temperature=0.8
+            model=model_id, messages=[{"role": "user", "content": args.prompt}], max_tokens=256, temperature=0.8
         )
         choice = resp.choices[0]
         print(f"assistant> {choice.message.content}")

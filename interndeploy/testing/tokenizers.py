@@ -31,6 +31,14 @@ INTERNLM2_SPECIALS: tuple[str, ...] = (
 )
 REASONING_TOKENS: tuple[str, ...] = ("<think>", "</think>", "<tool_call>", "</tool_call>")
 
+# GPT-2's pre-tokenizer pattern with digits one by one and Latin letters apart from Han characters: a run of
+# letters takes at most a leading space, never punctuation, so a name such as `get_video` is made of the same
+# pieces in a question, in a JSON string and in code (what a model copying names needs)
+DIGIT_SPLIT_PATTERN = (
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{Latin}+|\p{Han}+| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+
 CHATML_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -124,9 +132,13 @@ def train_bpe_tokenizer(
     extra_special: Sequence[str] = (),
     chat_template: str | None = None,
     corpus: list[str] | None = None,
+    split_digits: bool = False,
 ) -> None:
-    """Byte-level BPE (GPT-2/Qwen style) saved as tokenizer.json + tokenizer_config.json."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """Byte-level BPE (GPT-2/Qwen style) saved as tokenizer.json + tokenizer_config.json.
+
+    `split_digits` pre-splits text with `DIGIT_SPLIT_PATTERN` instead of GPT-2's own: every digit is its own token
+    and letters never merge with the punctuation before them."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +149,15 @@ def train_bpe_tokenizer(
         raise ValueError(f"vocab_size {vocab_size} too small for a byte-level BPE (need > {259 + n_tail})")
 
     tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if split_digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(DIGIT_SPLIT_PATTERN), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=learned,
