@@ -50,7 +50,9 @@ def parse_reasoning(text: str, *, thinking: bool) -> ReasoningResult:
     if end < 0:
         reasoning, content = rest, ""
     else:
-        reasoning, content = rest[:end], rest[end + len(THINK_CLOSE) :].lstrip("\n")
+        after = rest[end + len(THINK_CLOSE) :]
+        # decoding with spaces_between_special_tokens puts a space after `</think>`: " \n\nanswer"
+        reasoning, content = rest[:end], after.removeprefix(" " if after.startswith(" \n") else "").lstrip("\n")
     return ReasoningResult(_strip_one_newline(reasoning) or None, content or None)
 
 
@@ -129,7 +131,9 @@ class ReasoningStreamParser:
                 self._buf = buf[cut:]
                 return out
             elif self._state == _AFTER:
-                self._buf = buf.lstrip("\n")
+                if buf == " " and not final:
+                    return out  # a space, then maybe the newlines of a spaced `</think> \n`
+                self._buf = buf.removeprefix(" " if buf.startswith(" \n") else "").lstrip("\n")
                 if not self._buf:
                     return out
                 self._state = _CONTENT

@@ -7,6 +7,7 @@ import logging
 import os
 
 from ..config import ConfigError, VisionConfig
+from ..demo import DEMO_MODEL_ID, DEMO_NAME
 from ..vl.media import MediaPolicy
 from . import dp_launcher, serve_clients, serve_proxy
 from .args import add_engine_args, chat_template_config_from_args, engine_config_from_args
@@ -19,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     serve.set_defaults(func=lambda args: (serve.print_help(), 2)[1])
     serve_sub = serve.add_subparsers(dest="serve_command", metavar="SERVER")
     p = serve_sub.add_parser("api_server", help="OpenAI-compatible API server")
-    p.add_argument("model_path", help="a local model directory or a Hugging Face repo id in the local cache")
+    p.add_argument("model_path", nargs="?", default="demo",
+                   help="a local model directory, a Hugging Face repo id in the local cache, or `demo` (default)")
     s = p.add_argument_group("server")
     s.add_argument("--server-name", default="0.0.0.0", help="host to bind")
     s.add_argument("--server-port", type=int, default=23333, help="port to bind")
@@ -137,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
     if engine_cfg.dp > 1 and dp_launcher.replica_rank() is None:
         return dp_launcher.launch(args, engine_cfg)  # one server per DP engine, each registering with the proxy
     template_cfg = chat_template_config_from_args(args)
+    if args.model_name is None and args.model_path == DEMO_NAME:
+        args.model_name = DEMO_MODEL_ID
     setup_logging(args.log_level)
     vision_cfg, media_policy = media_settings(args)
     engine = AsyncEngine(args.model_path, engine_cfg, template_cfg, model_name=args.model_name,

@@ -127,3 +127,14 @@ def test_registry() -> None:
         get_reasoning_parser("nope")
     parser = get_reasoning_parser("intern-s1")()
     assert isinstance(parser.stream(thinking=True), ReasoningStreamParser)
+
+
+def test_spaced_decoding_after_think_close():
+    """spaces_between_special_tokens=True decodes `</think>` followed by a space: the answer has no leading blank."""
+    text = "<think> \nweighing options\n </think> \n\nThe answer."
+    whole = parse_reasoning(text, thinking=False)
+    assert whole.content == "The answer."
+    for size in (1, 2, 3):
+        parser = ReasoningStreamParser(thinking=False)
+        deltas = [parser.feed(text[i : i + size]) for i in range(0, len(text), size)] + [parser.finish()]
+        assert "".join(d.content for d in deltas) == "The answer."
