@@ -63,6 +63,6 @@ def test_cli_errors_are_one_line(tmp_path: Path):
     assert r.returncode == 1 and "Hugging Face cache" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_cli_flag_not_available_yet(internlm2_dir: Path):
-    r = run_cli("chat", str(internlm2_dir), "--tp", "2")
-    assert r.returncode == 1 and "not available yet" in r.stderr
+def test_cli_inconsistent_parallel_flags_are_one_line(internlm2_dir: Path):
+    r = run_cli("chat", str(internlm2_dir), "--ep", "3")
+    assert r.returncode == 1 and "ep=3 must equal tp x dp" in r.stderr and "Traceback" not in r.stderr
