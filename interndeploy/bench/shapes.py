@@ -20,6 +20,14 @@ SHAPES: dict[str, dict] = {
         max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-5, bias=False,
         rope_scaling={"type": "dynamic", "factor": 2.0},
     ),
+    # InternLM2.5-7B with as many kv heads as heads (MHA): 4x the KV bytes per token, a memory-bound decode load
+    # for the KV int8 / int4 (--quant-policy 8 / 4) targets
+    "internlm2_5-7b-mha": dict(
+        architectures=["InternLM2ForCausalLM"], model_type="internlm2", hidden_size=4096, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, intermediate_size=14336, vocab_size=92544,
+        max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-5, bias=False,
+        rope_scaling={"type": "dynamic", "factor": 2.0},
+    ),
     # for smoke tests on CPU
     "internlm2-tiny": dict(
         architectures=["InternLM2ForCausalLM"], model_type="internlm2", hidden_size=128, num_hidden_layers=2,

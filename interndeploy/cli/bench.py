@@ -25,7 +25,8 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="measure speed").add_subparsers(dest="bench_cmd", metavar="KIND")
     p = bench.add_parser("throughput", help="offline throughput through the engine")
-    p.add_argument("model", help="model directory, or a shape name: internlm2_5-1_8b, internlm2_5-7b, internlm3-8b")
+    p.add_argument("model", help="model directory, or a shape name: internlm2_5-1_8b, internlm2_5-7b, "
+                                 "internlm2_5-7b-mha (kv heads = heads), internlm3-8b")
     _dataset_args(p)
     p.add_argument("--concurrency", type=int, default=None, help="requests in flight (default: all)")
     add_engine_args(p)

@@ -16,6 +16,9 @@ share of the context:
 Each split writes its normalised partial output and log-sum-exp (base 2); a second kernel combines
 the non-empty splits. With S == 1 the first kernel writes the output directly.
 
+With an int8 / int4 cache (quant_policy 8 / 4: uint8 codes plus k_scale_zero / v_scale_zero) each K/V
+tile is dequantized as it is loaded (kv_quant.load_kv_tile); everything after is the same.
+
 CUDA-graph capturable: S and the grid come from shapes only (B, Hkv, block_tables.shape[1]); seq_lens
 is read on the device, never on the host. A sequence of seq_len 0 (graph padding) gets zeros.
 """
@@ -23,6 +26,7 @@ is read on the device, never on the host. A sequence of seq_len 0 (graph padding
 import torch
 
 from interndeploy.kernels._triton import cdiv, check, next_power_of_2, num_sms, tl, triton
+from interndeploy.kernels.kv_quant import check_kv_caches, load_kv_tile
 
 _LOG2E = 1.4426950408889634
 MIN_TOKENS_PER_SPLIT = 128  # a split shorter than this costs more in the reduce than it saves
@@ -34,6 +38,8 @@ def _decode_split_kernel(
     Q,
     KCache,
     VCache,
+    KScaleZero,
+    VScaleZero,
     BlockTables,
     SeqLens,
     Out,
@@ -48,6 +54,12 @@ def _decode_split_kernel(
     stride_vb,
     stride_vs,
     stride_vh,
+    stride_kzb,
+    stride_kzs,
+    stride_kzh,
+    stride_vzb,
+    stride_vzs,
+    stride_vzh,
     stride_bt,
     stride_ob,
     stride_oh,
@@ -64,6 +76,7 @@ def _decode_split_kernel(
     BLOCK_N: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     IS_FP32: tl.constexpr,
+    BITS: tl.constexpr,
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -85,8 +98,10 @@ def _decode_split_kernel(
         other=0.0,
     )
     table = BlockTables + b64 * stride_bt
-    k_base = KCache + kv_head * stride_kh + offs_d[None, :]
-    v_base = VCache + kv_head * stride_vh + offs_d[None, :]
+    k_base = KCache + kv_head * stride_kh
+    v_base = VCache + kv_head * stride_vh
+    kz_base = KScaleZero + kv_head * stride_kzh
+    vz_base = VScaleZero + kv_head * stride_vzh
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
@@ -95,10 +110,11 @@ def _decode_split_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < end
         blk = tl.load(table + offs_n // block_size, mask=mask_n, other=0).to(tl.int64)
-        in_blk = (offs_n % block_size)[:, None]
-        kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_base + blk[:, None] * stride_kb + in_blk * stride_ks, mask=kv_mask, other=0.0)
-        v = tl.load(v_base + blk[:, None] * stride_vb + in_blk * stride_vs, mask=kv_mask, other=0.0)
+        in_blk = offs_n % block_size
+        k = load_kv_tile(k_base, kz_base, blk, in_blk, mask_n, offs_d, mask_d, stride_kb, stride_ks,
+                         stride_kzb, stride_kzs, HEAD_DIM, BITS).to(q.dtype)
+        v = load_kv_tile(v_base, vz_base, blk, in_blk, mask_n, offs_d, mask_d, stride_vb, stride_vs,
+                         stride_vzb, stride_vzs, HEAD_DIM, BITS).to(q.dtype)
         if IS_FP32:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
@@ -184,21 +200,24 @@ def decode_attention(
     seq_lens: torch.Tensor,
     scale: float,
     *,
+    k_scale_zero: torch.Tensor | None = None,
+    v_scale_zero: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     num_splits: int | None = None,
     block_n: int | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
 ) -> torch.Tensor:
-    """Attention of q [B, Hq, D] (one token per sequence) over each sequence's seq_lens[b] cached tokens."""
+    """Attention of q [B, Hq, D] (one token per sequence) over each sequence's seq_lens[b] cached tokens.
+
+    A uint8 cache holds int8 / int4 codes (by its last dim, D or D/2) and needs k_scale_zero / v_scale_zero."""
     check(q.dim() == 3, f"q must be [B, Hq, D], got {tuple(q.shape)}")
-    check(k_cache.dim() == 4 and v_cache.shape == k_cache.shape, "k_cache/v_cache must be [blocks, block_size, Hkv, D]")
     batch, num_heads, head_dim = q.shape
-    _, block_size, num_kv_heads, cache_dim = k_cache.shape
-    check(cache_dim == head_dim, f"q head_dim {head_dim} != cache head_dim {cache_dim}")
+    bits = check_kv_caches(head_dim, k_cache, v_cache, k_scale_zero, v_scale_zero)
+    _, block_size, num_kv_heads, _ = k_cache.shape
     check(num_heads % num_kv_heads == 0, f"Hq={num_heads} must be a multiple of Hkv={num_kv_heads}")
     check(
-        q.dtype == k_cache.dtype == v_cache.dtype and q.dtype in (torch.float16, torch.bfloat16, torch.float32),
+        (bits or q.dtype == k_cache.dtype) and q.dtype in (torch.float16, torch.bfloat16, torch.float32),
         f"q/k_cache/v_cache must share one of fp16/bf16/fp32, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}",
     )
     check(
@@ -209,8 +228,7 @@ def decode_attention(
         seq_lens.shape == (batch,) and seq_lens.dtype in (torch.int32, torch.int64),
         f"seq_lens must be [B={batch}] int32/int64, got {tuple(seq_lens.shape)} {seq_lens.dtype}",
     )
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
-        check(t.stride(-1) == 1, f"{name} must be contiguous in its last dim")
+    check(q.stride(-1) == 1, "q must be contiguous in its last dim")
     check(block_tables.stride(1) == 1, "block_tables must be contiguous in its last dim")
     for t in (k_cache, v_cache, block_tables, seq_lens):
         check(t.device == q.device, f"all inputs must be on {q.device}, one is on {t.device}")
@@ -219,6 +237,8 @@ def decode_attention(
     check(out.shape == q.shape and out.dtype == q.dtype and out.stride(-1) == 1, "out must be like q")
     if batch == 0:
         return out
+    if bits == 0:  # never read with BITS 0: any pointer and strides will do
+        k_scale_zero = v_scale_zero = k_cache
 
     group = num_heads // num_kv_heads
     block_h = max(16, next_power_of_2(group))
@@ -235,6 +255,8 @@ def decode_attention(
         q,
         k_cache,
         v_cache,
+        k_scale_zero,
+        v_scale_zero,
         block_tables,
         seq_lens,
         out,
@@ -249,6 +271,12 @@ def decode_attention(
         v_cache.stride(0),
         v_cache.stride(1),
         v_cache.stride(2),
+        k_scale_zero.stride(0),
+        k_scale_zero.stride(1),
+        k_scale_zero.stride(2),
+        v_scale_zero.stride(0),
+        v_scale_zero.stride(1),
+        v_scale_zero.stride(2),
         block_tables.stride(0),
         out.stride(0),
         out.stride(1),
@@ -265,6 +293,7 @@ def decode_attention(
         BLOCK_N=block_n,
         NUM_SPLITS=splits,
         IS_FP32=q.dtype == torch.float32,
+        BITS=bits,
         num_warps=num_warps,
         num_stages=num_stages,
     )

@@ -16,11 +16,14 @@ Grid (Hq, q-blocks, B), heads fastest, so the GROUP heads that share a kv head r
 read its K/V from L2. Each program is a flash-attention tile: BLOCK_M query rows, online softmax
 over BLOCK_N keys at a time in fp32, the causal mask only on the blocks that cross the diagonal.
 A decode sequence (q_len 1) is a one-row extend, so mixed prefill + decode batches work too.
+An int8 / int4 cache (uint8 codes plus k_scale_zero / v_scale_zero) is dequantized tile by tile as it
+is loaded (kv_quant.load_kv_tile).
 """
 
 import torch
 
 from interndeploy.kernels._triton import cdiv, check, next_power_of_2, tl, triton
+from interndeploy.kernels.kv_quant import check_kv_caches, load_kv_tile
 
 _LOG2E = 1.4426950408889634
 
@@ -33,6 +36,8 @@ def _attend_tile(
     q,
     k_base,
     v_base,
+    kz_base,
+    vz_base,
     table,
     pos_m,
     lo,
@@ -42,20 +47,28 @@ def _attend_tile(
     stride_ks,
     stride_vb,
     stride_vs,
+    stride_kzb,
+    stride_kzs,
+    stride_vzb,
+    stride_vzs,
     scale_log2,
+    offs_d,
     mask_d,
+    HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr,
     IS_FP32: tl.constexpr,
+    BITS: tl.constexpr,
 ):
     for n0 in range(lo, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < hi
         blk = tl.load(table + offs_n // block_size, mask=mask_n, other=0).to(tl.int64)
-        in_blk = (offs_n % block_size)[:, None]
-        kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_base + blk[:, None] * stride_kb + in_blk * stride_ks, mask=kv_mask, other=0.0)
-        v = tl.load(v_base + blk[:, None] * stride_vb + in_blk * stride_vs, mask=kv_mask, other=0.0)
+        in_blk = offs_n % block_size
+        k = load_kv_tile(k_base, kz_base, blk, in_blk, mask_n, offs_d, mask_d, stride_kb, stride_ks,
+                         stride_kzb, stride_kzs, HEAD_DIM, BITS).to(q.dtype)
+        v = load_kv_tile(v_base, vz_base, blk, in_blk, mask_n, offs_d, mask_d, stride_vb, stride_vs,
+                         stride_vzb, stride_vzs, HEAD_DIM, BITS).to(q.dtype)
         if IS_FP32:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
@@ -82,6 +95,8 @@ def _prefill_kernel(
     Q,
     KCache,
     VCache,
+    KScaleZero,
+    VScaleZero,
     QueryStartLoc,
     SeqLens,
     BlockTables,
@@ -95,6 +110,12 @@ def _prefill_kernel(
     stride_vb,
     stride_vs,
     stride_vh,
+    stride_kzb,
+    stride_kzs,
+    stride_kzh,
+    stride_vzb,
+    stride_vzs,
+    stride_vzh,
     stride_bt,
     stride_ot,
     stride_oh,
@@ -105,6 +126,7 @@ def _prefill_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     IS_FP32: tl.constexpr,
+    BITS: tl.constexpr,
 ):
     head = tl.program_id(0)
     q_blk = tl.program_id(1)
@@ -127,8 +149,10 @@ def _prefill_kernel(
         pos_m = prefix + offs_m
         kv_head = head // GROUP
         table = BlockTables + b.to(tl.int64) * stride_bt
-        k_base = KCache + kv_head * stride_kh + offs_d[None, :]
-        v_base = VCache + kv_head * stride_vh + offs_d[None, :]
+        k_base = KCache + kv_head * stride_kh
+        v_base = VCache + kv_head * stride_vh
+        kz_base = KScaleZero + kv_head * stride_kzh
+        vz_base = VScaleZero + kv_head * stride_vzh
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -138,14 +162,16 @@ def _prefill_kernel(
         full_end = (first_pos // BLOCK_N) * BLOCK_N
         kv_end = tl.minimum(seq_len, first_pos + BLOCK_M)
         acc, m_i, l_i = _attend_tile(
-            acc, m_i, l_i, q, k_base, v_base, table, pos_m, 0, full_end, block_size,
-            stride_kb, stride_ks, stride_vb, stride_vs, scale_log2, mask_d,
-            BLOCK_N=BLOCK_N, CAUSAL=False, IS_FP32=IS_FP32,
+            acc, m_i, l_i, q, k_base, v_base, kz_base, vz_base, table, pos_m, 0, full_end, block_size,
+            stride_kb, stride_ks, stride_vb, stride_vs, stride_kzb, stride_kzs, stride_vzb, stride_vzs,
+            scale_log2, offs_d, mask_d,
+            HEAD_DIM=HEAD_DIM, BLOCK_N=BLOCK_N, CAUSAL=False, IS_FP32=IS_FP32, BITS=BITS,
         )  # fmt: skip
         acc, m_i, l_i = _attend_tile(
-            acc, m_i, l_i, q, k_base, v_base, table, pos_m, full_end, kv_end, block_size,
-            stride_kb, stride_ks, stride_vb, stride_vs, scale_log2, mask_d,
-            BLOCK_N=BLOCK_N, CAUSAL=True, IS_FP32=IS_FP32,
+            acc, m_i, l_i, q, k_base, v_base, kz_base, vz_base, table, pos_m, full_end, kv_end, block_size,
+            stride_kb, stride_ks, stride_vb, stride_vs, stride_kzb, stride_kzs, stride_vzb, stride_vzs,
+            scale_log2, offs_d, mask_d,
+            HEAD_DIM=HEAD_DIM, BLOCK_N=BLOCK_N, CAUSAL=True, IS_FP32=IS_FP32, BITS=BITS,
         )  # fmt: skip
         acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(
@@ -165,17 +191,20 @@ def prefill_attention(
     max_query_len: int,
     scale: float,
     *,
+    k_scale_zero: torch.Tensor | None = None,
+    v_scale_zero: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Causal attention of q [T, Hq, D] (the last q_len of seq_len tokens of each sequence) over the cache."""
+    """Causal attention of q [T, Hq, D] (the last q_len of seq_len tokens of each sequence) over the cache.
+
+    A uint8 cache holds int8 / int4 codes (by its last dim, D or D/2) and needs k_scale_zero / v_scale_zero."""
     check(q.dim() == 3, f"q must be [T, Hq, D], got {tuple(q.shape)}")
-    check(k_cache.dim() == 4 and v_cache.shape == k_cache.shape, "k_cache/v_cache must be [blocks, block_size, Hkv, D]")
     num_tokens, num_heads, head_dim = q.shape
-    _, block_size, num_kv_heads, cache_dim = k_cache.shape
-    check(cache_dim == head_dim, f"q head_dim {head_dim} != cache head_dim {cache_dim}")
+    bits = check_kv_caches(head_dim, k_cache, v_cache, k_scale_zero, v_scale_zero)
+    _, block_size, num_kv_heads, _ = k_cache.shape
     check(num_heads % num_kv_heads == 0, f"Hq={num_heads} must be a multiple of Hkv={num_kv_heads}")
     check(
-        q.dtype == k_cache.dtype == v_cache.dtype and q.dtype in (torch.float16, torch.bfloat16, torch.float32),
+        (bits or q.dtype == k_cache.dtype) and q.dtype in (torch.float16, torch.bfloat16, torch.float32),
         f"q/k_cache/v_cache must share one of fp16/bf16/fp32, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}",
     )
     batch = seq_lens.shape[0]
@@ -188,7 +217,7 @@ def prefill_attention(
         block_tables.dim() == 2 and block_tables.shape[0] == batch and block_tables.dtype == torch.int32,
         f"block_tables must be [B={batch}, max_blocks] int32, got {tuple(block_tables.shape)} {block_tables.dtype}",
     )
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("block_tables", block_tables)):
+    for name, t in (("q", q), ("block_tables", block_tables)):
         check(t.stride(-1) == 1, f"{name} must be contiguous in its last dim")
     for t in (k_cache, v_cache, block_tables, seq_lens, query_start_loc):
         check(t.device == q.device, f"all inputs must be on {q.device}, one is on {t.device}")
@@ -197,6 +226,8 @@ def prefill_attention(
     check(out.shape == q.shape and out.dtype == q.dtype and out.stride(-1) == 1, "out must be like q")
     if num_tokens == 0 or batch == 0 or max_query_len == 0:
         return out
+    if bits == 0:  # never read with BITS 0: any pointer and strides will do
+        k_scale_zero = v_scale_zero = k_cache
 
     block_d = max(16, next_power_of_2(head_dim))
     block_m = 64 if max_query_len > 16 else 16
@@ -208,6 +239,8 @@ def prefill_attention(
         q,
         k_cache,
         v_cache,
+        k_scale_zero,
+        v_scale_zero,
         query_start_loc,
         seq_lens,
         block_tables,
@@ -221,6 +254,12 @@ def prefill_attention(
         v_cache.stride(0),
         v_cache.stride(1),
         v_cache.stride(2),
+        k_scale_zero.stride(0),
+        k_scale_zero.stride(1),
+        k_scale_zero.stride(2),
+        v_scale_zero.stride(0),
+        v_scale_zero.stride(1),
+        v_scale_zero.stride(2),
         block_tables.stride(0),
         out.stride(0),
         out.stride(1),
@@ -231,6 +270,7 @@ def prefill_attention(
         BLOCK_N=block_n,
         BLOCK_D=block_d,
         IS_FP32=q.dtype == torch.float32,
+        BITS=bits,
         num_warps=4,
         num_stages=2,
     )

@@ -6,6 +6,8 @@ Paged KV cache layout (one tensor per layer for K, one for V):
     slot s  ->  block s // block_size, offset s % block_size
 
 Token i of a sequence lives in slot block_table[i // block_size] * block_size + i % block_size.
+With an int8 / int4 cache (quant_policy 8 / 4) the caches hold uint8 codes and `k_scale_zero` /
+`v_scale_zero` [num_blocks, block_size, num_kv_heads, 2] their scale and zero point (reference_kv.py).
 Each function here is pure apart from `store_kvcache`, which writes into the caches it is given.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from interndeploy.kernels.reference_kv import dequantize_kv, kv_cache_bits, quantize_kv
 from interndeploy.worker.forward_context import AttentionMetadata
 
 
@@ -23,13 +26,24 @@ def store_kvcache(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    k_scale_zero: torch.Tensor | None = None,
+    v_scale_zero: torch.Tensor | None = None,
 ) -> None:
-    """Write k/v [T, Hkv, D] into the slots `slot_mapping` [T]; a slot of -1 (padding token) is skipped."""
-    num_kv_heads, head_dim = k_cache.shape[-2:]
+    """Write k/v [T, Hkv, D] into the slots `slot_mapping` [T]; a slot of -1 (padding token) is skipped.
+
+    A uint8 cache gets int8 / int4 codes (by its last dim) and the scale tensors their (scale, zero)."""
+    block_size = k_cache.shape[1]
+    bits = kv_cache_bits(k_cache, k.shape[-1])
     valid = slot_mapping >= 0
     slots = slot_mapping[valid]
-    k_cache.view(-1, num_kv_heads, head_dim)[slots] = k[valid].to(k_cache.dtype)
-    v_cache.view(-1, num_kv_heads, head_dim)[slots] = v[valid].to(v_cache.dtype)
+    blk, off = slots // block_size, slots % block_size
+    if bits and (k_scale_zero is None or v_scale_zero is None):
+        raise ValueError("a quantized (uint8) KV cache needs k_scale_zero / v_scale_zero")
+    for x, cache, scale_zero in ((k, k_cache, k_scale_zero), (v, v_cache, v_scale_zero)):
+        if bits:
+            cache[blk, off], scale_zero[blk, off] = quantize_kv(x[valid], bits, scale_zero.dtype)
+        else:
+            cache[blk, off] = x[valid].to(cache.dtype)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -57,13 +71,19 @@ def paged_attention(
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
+    k_scale_zero: torch.Tensor | None = None,
+    v_scale_zero: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of the T query tokens [T, Hq, D] over each sequence's first seq_len cached tokens -> [T, Hq, D].
 
     Query token j of a sequence with query_len Lq and seq_len S sits at position S - Lq + j (the new tokens
     are the last ones of the context). Hq must be a multiple of Hkv; q head h reads kv head h // (Hq // Hkv).
+    A quantized cache is dequantized to fp32 first.
     """
     block_size = k_cache.shape[1]
+    bits = kv_cache_bits(k_cache, q.shape[-1])
+    if bits and (k_scale_zero is None or v_scale_zero is None):
+        raise ValueError("a quantized (uint8) KV cache needs k_scale_zero / v_scale_zero")
     out = torch.empty_like(q)
     start = 0
     for b, (lq, s) in enumerate(zip(meta.query_lens_host, meta.seq_lens_host, strict=True)):
@@ -73,6 +93,9 @@ def paged_attention(
         blocks = meta.block_tables[b, :num_blocks].long()
         k = k_cache[blocks].flatten(0, 1)[:s]
         v = v_cache[blocks].flatten(0, 1)[:s]
+        if bits:
+            k = dequantize_kv(k, k_scale_zero[blocks].flatten(0, 1)[:s], bits)
+            v = dequantize_kv(v, v_scale_zero[blocks].flatten(0, 1)[:s], bits)
         out[start : start + lq] = _attend(q[start : start + lq], k, v, scale)
         start += lq
     return out

@@ -1,8 +1,11 @@
 """Attention over the paged KV cache of one layer.
 
 The model runner attaches `k_cache` / `v_cache` [num_blocks, block_size, num_kv_heads, head_dim] after
-measuring free memory. Before that (profile / warm-up run) they are empty and attention is plain causal
-attention within each sequence's query tokens, which equals the cached result for a fresh prefill.
+measuring free memory; with quant_policy 8 / 4 they hold uint8 codes ([.., head_dim / 2] for int4) and
+`k_scale_zero` / `v_scale_zero` [num_blocks, block_size, num_kv_heads, 2] their scales and zero points
+(quant/kv.py): K/V are quantized as they are stored and dequantized inside attention. Before that
+(profile / warm-up run) they are empty and attention is plain causal attention within each sequence's
+query tokens, which equals the cached result for a fresh prefill.
 
 CUDA tensors go through the Triton kernels (store, then decode or prefill/extend attention), anything
 else through the torch reference. The CUDA decode path reads no device value on the host, so a decode
@@ -34,6 +37,8 @@ class Attention(nn.Module):
         # plain attributes, not buffers: the cache is owned by the model runner and never checkpointed
         self.k_cache = torch.tensor([])
         self.v_cache = torch.tensor([])
+        self.k_scale_zero = torch.tensor([])  # empty unless the cache is int8 / int4
+        self.v_scale_zero = torch.tensor([])
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [T, Hq * D], k/v [T, Hkv * D] (already rotated) -> [T, Hq * D]."""
@@ -41,19 +46,24 @@ class Attention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.k_cache.numel() == 0:
+        k_cache, v_cache = self.k_cache, self.v_cache
+        k_sz, v_sz = (self.k_scale_zero, self.v_scale_zero) if self.k_scale_zero.numel() else (None, None)
+        if k_cache.numel() == 0:
             out = reference.prefill_attention(q, k, v, meta.query_lens_host, self.scale)
         elif use_triton(q):
-            k_cache, v_cache = self.k_cache, self.v_cache
-            store_kvcache(k, v, k_cache, v_cache, meta.slot_mapping)
+            store_kvcache(k, v, k_cache, v_cache, meta.slot_mapping, k_sz, v_sz)
             if meta.is_decode_only and q.shape[0] == meta.seq_lens.shape[0]:
-                out = decode_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, self.scale)
+                out = decode_attention(
+                    q, k_cache, v_cache, meta.block_tables, meta.seq_lens, self.scale,
+                    k_scale_zero=k_sz, v_scale_zero=v_sz,
+                )
             else:
                 starts, tables = meta.query_start_loc, meta.block_tables
                 out = paged_prefill_attention(
-                    q, k_cache, v_cache, starts, meta.seq_lens, tables, meta.max_query_len, self.scale
+                    q, k_cache, v_cache, starts, meta.seq_lens, tables, meta.max_query_len, self.scale,
+                    k_scale_zero=k_sz, v_scale_zero=v_sz,
                 )
         else:
-            reference.store_kvcache(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
-            out = reference.paged_attention(q, self.k_cache, self.v_cache, meta, self.scale)
+            reference.store_kvcache(k, v, k_cache, v_cache, meta.slot_mapping, k_sz, v_sz)
+            out = reference.paged_attention(q, k_cache, v_cache, meta, self.scale, k_sz, v_sz)
         return out.reshape(-1, self.num_heads * self.head_dim)

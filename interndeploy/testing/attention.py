@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from interndeploy.layers.attention import Attention
+from interndeploy.quant.kv import KVCacheLayout
 from interndeploy.worker.forward_context import AttentionMetadata
 
 
@@ -95,18 +96,25 @@ def attention_layers(model: nn.Module) -> list[Attention]:
 
 
 def attach_kv_caches(
-    model: nn.Module, num_blocks: int, block_size: int, dtype: torch.dtype | None = None, device=None
+    model: nn.Module,
+    num_blocks: int,
+    block_size: int,
+    dtype: torch.dtype | None = None,
+    device=None,
+    quant_policy: int = 0,
 ) -> None:
-    """Give every Attention layer a zeroed k/v cache [num_blocks, block_size, Hkv, D]."""
+    """Give every Attention layer a zeroed k/v cache [num_blocks, block_size, Hkv, D] (int8 / int4 codes and
+    their scale/zero tensors with quant_policy 8 / 4)."""
     for layer in attention_layers(model):
-        shape = (num_blocks, block_size, layer.num_kv_heads, layer.head_dim)
-        layer.k_cache = torch.zeros(shape, dtype=dtype, device=device)
-        layer.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+        layout = KVCacheLayout(quant_policy, layer.head_dim, dtype or torch.get_default_dtype())
+        layer.k_cache, layer.v_cache, layer.k_scale_zero, layer.v_scale_zero = layout.allocate(
+            num_blocks, block_size, layer.num_kv_heads, device or "cpu", zero=True
+        )
 
 
 def detach_kv_caches(model: nn.Module) -> None:
     for layer in attention_layers(model):
-        layer.k_cache = layer.v_cache = torch.tensor([])
+        layer.k_cache = layer.v_cache = layer.k_scale_zero = layer.v_scale_zero = torch.tensor([])
 
 
 class PagedBatch:

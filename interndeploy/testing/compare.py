@@ -55,12 +55,15 @@ def run_paged(
     decode_steps: int = 3,
     prefill_chunk: int | None = None,
     use_cache: bool = True,
+    quant_policy: int = 0,
 ) -> PagedRun:
     """Prefill all prompts in one batch (or in chunks of `prefill_chunk` tokens per sequence), then decode
-    `decode_steps` tokens per sequence greedily, one batched step at a time."""
+    `decode_steps` tokens per sequence greedily, one batched step at a time (KV cache int8 / int4 with
+    quant_policy 8 / 4)."""
     batch = PagedBatch([len(p) + decode_steps for p in prompts], block_size)
     if use_cache:
-        attach_kv_caches(model, batch.num_blocks, block_size, dtype=next(model.parameters()).dtype)
+        dtype = next(model.parameters()).dtype
+        attach_kv_caches(model, batch.num_blocks, block_size, dtype=dtype, quant_policy=quant_policy)
     else:
         detach_kv_caches(model)
     done = [0] * len(prompts)

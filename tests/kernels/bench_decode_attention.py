@@ -1,11 +1,13 @@
 """Micro-benchmark of paged decode attention on CUDA: Triton split-K kernel vs the torch reference.
 
-    python3 tests/kernels/bench_decode_attention.py [--sweep]
+    python3 tests/kernels/bench_decode_attention.py [--sweep] [--quant-policy 8|4] [--kv-heads 32]
 
-32 q heads / 8 kv heads / head_dim 128, bf16, block_size 64 (the engine default), every sequence at the
-full context. The Triton path is timed as CUDA-graph replays (what the engine's decode runs); the
+32 q heads / 8 kv heads (--kv-heads) / head_dim 128, bf16, block_size 64 (the engine default), every sequence
+at the full context; the KV cache in bf16, or int8 / int4 codes plus fp16 scale/zero (--quant-policy).
+The Triton path is timed as CUDA-graph replays (what the engine's decode runs); the
 reference as eager calls. Bandwidth counts the fewest bytes the kernel must move: each sequence's K and
-V once, q read once, out written once; the ceiling is a large device-to-device copy measured here.
+V once (codes and scale/zero when quantized), q read once, out written once; the ceiling is a large
+device-to-device copy measured here.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import triton
 
 from interndeploy.kernels import reference
 from interndeploy.kernels.decode_attention import decode_attention, pick_num_splits
+from interndeploy.quant.kv import KVCacheLayout
 from interndeploy.testing.attention import assign_block_tables, make_decode_metadata
 
 HQ, HKV, D, BLOCK = 32, 8, 128, 64
 DTYPE = torch.bfloat16
+QUANT_POLICY = 0
 
 
 def copy_bandwidth() -> float:
@@ -33,11 +37,21 @@ def copy_bandwidth() -> float:
 
 def setup(batch: int, ctx: int):
     tables, num_blocks = assign_block_tables([ctx] * batch, BLOCK, seed=batch)
-    k_cache = torch.randn(num_blocks, BLOCK, HKV, D, dtype=DTYPE, device="cuda")
-    v_cache = torch.randn_like(k_cache)
+    k_cache, v_cache, k_sz, v_sz = KVCacheLayout(QUANT_POLICY, D, DTYPE).allocate(num_blocks, BLOCK, HKV, "cuda")
+    if QUANT_POLICY:
+        k_cache.random_(0, 256)
+        v_cache.random_(0, 256)
+        for sz in (k_sz, v_sz):
+            sz[..., 0].uniform_(0.005, 0.02)
+            sz[..., 1].normal_()
+        scales = {"k_scale_zero": k_sz, "v_scale_zero": v_sz}
+    else:
+        k_cache.normal_()
+        v_cache.normal_()
+        scales = {}
     meta = make_decode_metadata([ctx] * batch, BLOCK, tables, "cuda")
     q = torch.randn(batch, HQ, D, dtype=DTYPE, device="cuda")
-    return q, k_cache, v_cache, meta
+    return q, k_cache, v_cache, meta, scales
 
 
 def graph_ms(fn) -> float:
@@ -48,21 +62,22 @@ SCALE = D**-0.5
 
 
 def bench_shape(batch: int, ctx: int, ceiling: float, sweep: bool) -> None:
-    q, k_cache, v_cache, meta = setup(batch, ctx)
+    q, k_cache, v_cache, meta, scales = setup(batch, ctx)
     out = torch.empty_like(q)
 
     def run(**kw) -> None:
-        decode_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, SCALE, out=out, **kw)
+        decode_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, SCALE, out=out, **scales, **kw)
 
-    def run_reference() -> None:
-        reference.paged_attention(q, k_cache, v_cache, meta, SCALE)
+    def run_reference() -> torch.Tensor:
+        return reference.paged_attention(q, k_cache, v_cache, meta, SCALE, *scales.values())
 
     run()
-    err = (out.float() - reference.paged_attention(q, k_cache, v_cache, meta, SCALE).float()).abs().max().item()
+    err = (out.float() - run_reference().float()).abs().max().item()
     assert err < 3e-2, f"batch {batch} ctx {ctx}: max error {err}"
     ms = graph_ms(run)
     ref_ms = triton.testing.do_bench(run_reference, warmup=5, rep=50, return_mode="median")
-    bw = (2 * batch * ctx * HKV * D * 2 + 2 * q.numel() * 2) / (ms * 1e-3)
+    kv_bytes = KVCacheLayout(QUANT_POLICY, D, DTYPE).bytes_per_token_head
+    bw = (2 * batch * ctx * HKV * kv_bytes + 2 * q.numel() * 2) / (ms * 1e-3)
     splits = pick_num_splits(batch * HKV, meta.block_tables.shape[1] * BLOCK, q.device)
     print(
         f"{batch:>5} {ctx:>5} {splits:>6} {ms * 1e3:>10.1f} {bw / 1e12:>6.2f} {100 * bw / ceiling:>6.1f}% "
@@ -78,11 +93,16 @@ def bench_shape(batch: int, ctx: int, ceiling: float, sweep: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sweep", action="store_true", help="also time block_n / num_warps variants")
+    parser.add_argument("--quant-policy", type=int, choices=[0, 4, 8], default=0, help="KV cache int4 / int8")
+    parser.add_argument("--kv-heads", type=int, default=HKV, help="kv heads (32 = MHA)")
     args = parser.parse_args()
+    global QUANT_POLICY, HKV
+    QUANT_POLICY, HKV = args.quant_policy, args.kv_heads
     props = torch.cuda.get_device_properties(0)
     ceiling = copy_bandwidth()
     print(f"{props.name}, {props.multi_processor_count} SMs; device-to-device copy {ceiling / 1e12:.2f} TB/s")
-    print(f"decode attention: Hq={HQ} Hkv={HKV} D={D} bf16 block_size={BLOCK}")
+    kv = KVCacheLayout(QUANT_POLICY, D, DTYPE).describe()
+    print(f"decode attention: Hq={HQ} Hkv={HKV} D={D} bf16, KV {kv}, block_size={BLOCK}")
     head = ("batch", "ctx", "splits", "triton us", "TB/s", "% copy", "ref us", "speedup")
     print("{:>5} {:>5} {:>6} {:>10} {:>6} {:>7} {:>10} {:>8}".format(*head))
     for batch in (1, 32, 128):

@@ -1,4 +1,5 @@
-"""store_kvcache + decode_attention captured once in a CUDA graph, replayed with new inputs.
+"""store_kvcache + decode_attention captured once in a CUDA graph, replayed with new inputs (fp and int8 / int4
+caches).
 
 The replays change what the graph cannot see on the host: sequence lengths (1 to the table's limit, and
 0 for a padding row), block tables, slots (-1 for padding) and the q/k/v values.
@@ -12,17 +13,29 @@ import torch
 from interndeploy.kernels import reference
 from interndeploy.kernels.decode_attention import decode_attention
 from interndeploy.kernels.store_kvcache import store_kvcache
+from interndeploy.quant.kv import KVCacheLayout
 from interndeploy.testing.attention import make_decode_metadata
 
 pytestmark = pytest.mark.gpu
 
 
+@pytest.mark.parametrize("quant_policy", [0, 8, 4])
 @pytest.mark.parametrize(("hq", "hkv", "d", "block_size"), [(32, 8, 128, 16), (16, 2, 64, 64)])
-def test_capture_and_replay(cuda: str, assert_attention_close, hq: int, hkv: int, d: int, block_size: int) -> None:
+def test_capture_and_replay(
+    cuda: str, assert_attention_close, quant_policy: int, hq: int, hkv: int, d: int, block_size: int
+) -> None:
     torch.manual_seed(0)
     dtype, batch, max_blocks, num_blocks = torch.bfloat16, 6, 96, 700
-    k_cache = torch.randn(num_blocks, block_size, hkv, d, dtype=dtype, device=cuda)
-    v_cache = torch.randn_like(k_cache)
+    k_cache, v_cache, k_sz, v_sz = KVCacheLayout(quant_policy, d, dtype).allocate(num_blocks, block_size, hkv, cuda)
+    if quant_policy:  # random codes, scales and zero points
+        for c in (k_cache, v_cache):
+            c.copy_(torch.randint(0, 256, c.shape, dtype=torch.uint8))
+        for sz in (k_sz, v_sz):
+            sz.copy_(torch.stack([torch.rand(sz.shape[:-1]) * 0.05, torch.randn(sz.shape[:-1])], -1))
+    else:
+        k_cache.copy_(torch.randn(k_cache.shape))
+        v_cache.copy_(torch.randn(v_cache.shape))
+        k_sz = v_sz = None
     # static inputs of the graph, refilled before each replay
     q = torch.zeros(batch, hq, d, dtype=dtype, device=cuda)
     k = torch.zeros(batch, hkv, d, dtype=dtype, device=cuda)
@@ -33,8 +46,8 @@ def test_capture_and_replay(cuda: str, assert_attention_close, hq: int, hkv: int
     out = torch.zeros(batch, hq, d, dtype=dtype, device=cuda)
 
     def step() -> None:
-        store_kvcache(k, v, k_cache, v_cache, slots)
-        decode_attention(q, k_cache, v_cache, tables, seq_lens, d**-0.5, out=out)
+        store_kvcache(k, v, k_cache, v_cache, slots, k_sz, v_sz)
+        decode_attention(q, k_cache, v_cache, tables, seq_lens, d**-0.5, k_scale_zero=k_sz, v_scale_zero=v_sz, out=out)
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -63,11 +76,14 @@ def test_capture_and_replay(cuda: str, assert_attention_close, hq: int, hkv: int
         tables.zero_()
         tables[:n] = meta.block_tables
         ref_k, ref_v = k_cache.clone(), v_cache.clone()
-        reference.store_kvcache(k[:n], v[:n], ref_k, ref_v, meta.slot_mapping)
-        expected = reference.paged_attention(q[:n], ref_k, ref_v, meta, d**-0.5)
+        ref_sz = (k_sz.clone(), v_sz.clone()) if quant_policy else (None, None)
+        reference.store_kvcache(k[:n], v[:n], ref_k, ref_v, meta.slot_mapping, *ref_sz)
+        expected = reference.paged_attention(q[:n], ref_k, ref_v, meta, d**-0.5, *ref_sz)
         out.fill_(float("nan"))
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(k_cache, ref_k) and torch.equal(v_cache, ref_v)
+        if quant_policy:
+            assert torch.equal(k_sz, ref_sz[0]) and torch.equal(v_sz, ref_sz[1])
         assert_attention_close(out[:n], expected)
         assert (out[n:] == 0).all()  # padding rows: zeros, not NaN

@@ -1,4 +1,4 @@
-"""Paged split-K decode attention (Triton) against reference.paged_attention."""
+"""Paged split-K decode attention (Triton) against reference.paged_attention, on fp and int8 / int4 caches."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from interndeploy.kernels import reference
 from interndeploy.kernels.decode_attention import decode_attention
+from interndeploy.quant.kv import KVCacheLayout
 from interndeploy.testing.attention import assign_block_tables, make_decode_metadata, make_prefill_metadata
 
 pytestmark = pytest.mark.gpu
@@ -33,6 +34,24 @@ def _paged_cache(seq_lens, block_size, hkv, d, dtype, device, seed=0):
         slots,
     )
     return k_cache, v_cache, meta
+
+
+def _quant_paged_cache(seq_lens, block_size, hkv, d, dtype, device, quant_policy, seed=0):
+    """Like _paged_cache with int8 / int4 codes: unwritten slots hold code 0xFF and NaN scales."""
+    tables, num_blocks = assign_block_tables(seq_lens, block_size, seed=seed)
+    caches = KVCacheLayout(quant_policy, d, dtype).allocate(num_blocks + 3, block_size, hkv, device)
+    caches[0].fill_(0xFF)
+    caches[1].fill_(0xFF)
+    caches[2].fill_(float("nan"))
+    caches[3].fill_(float("nan"))
+    meta = make_decode_metadata(seq_lens, block_size, tables, device)
+    slots = make_prefill_metadata(seq_lens, block_size, tables, device).slot_mapping
+    n = len(slots)
+    k = torch.randn(n, hkv, d, device=device) + torch.randn(n, hkv, 1, device=device)  # per-token offsets
+    v = torch.randn(n, hkv, d, device=device)
+    k_cache, v_cache, k_sz, v_sz = caches
+    reference.store_kvcache(k.to(dtype), v.to(dtype), k_cache, v_cache, slots, k_sz, v_sz)
+    return caches, meta
 
 
 @pytest.mark.parametrize("seq_lens", [SHORT, LONG], ids=["short", "long"])
@@ -70,3 +89,34 @@ def test_empty_sequence_gives_zeros(device, assert_attention_close) -> None:
         out = decode_attention(q, k_cache, v_cache, meta.block_tables, seq_lens, 0.125, num_splits=splits)
         assert (out[1] == 0).all()
         assert_attention_close(out[:1], reference.paged_attention(q, k_cache, v_cache, meta, 0.125)[:1])
+
+
+@pytest.mark.parametrize("quant_policy", [8, 4])
+@pytest.mark.parametrize("seq_lens", [SHORT, LONG], ids=["short", "long"])
+@pytest.mark.parametrize(("hq", "hkv", "d", "block_size"), [(8, 8, 128, 16), (32, 8, 128, 64), (16, 2, 64, 16)],
+                         ids=["mha", "gqa4", "gqa8-d64"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_quantized_cache_matches_reference(
+    device, assert_attention_close, quant_policy, seq_lens, hq, hkv, d, block_size, dtype
+) -> None:
+    """int8 / int4 tiles dequantized in the kernel equal the reference's dequantize-then-attend."""
+    torch.manual_seed(3)
+    (k_cache, v_cache, k_sz, v_sz), meta = _quant_paged_cache(seq_lens, block_size, hkv, d, dtype, device, quant_policy)
+    q = torch.randn(len(seq_lens), hq, d, dtype=dtype, device=device)
+    scale = 1 / math.sqrt(d)
+    out = torch.full_like(q, float("nan"))
+    decode_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, scale, k_scale_zero=k_sz,
+                     v_scale_zero=v_sz, out=out)
+    assert_attention_close(out, reference.paged_attention(q, k_cache, v_cache, meta, scale, k_sz, v_sz))
+
+
+@pytest.mark.parametrize("quant_policy", [8, 4])
+@pytest.mark.parametrize("num_splits", [1, 5])
+def test_quantized_odd_head_dim_and_splits(device, assert_attention_close, quant_policy, num_splits) -> None:
+    torch.manual_seed(4)
+    (k_cache, v_cache, k_sz, v_sz), meta = _quant_paged_cache([300, 1, 65], 16, 2, 80, torch.float16, device,
+                                                               quant_policy)
+    q = torch.randn(3, 8, 80, dtype=torch.float16, device=device)
+    out = decode_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, 0.1, k_scale_zero=k_sz,
+                           v_scale_zero=v_sz, num_splits=num_splits)
+    assert_attention_close(out, reference.paged_attention(q, k_cache, v_cache, meta, 0.1, k_sz, v_sz))

@@ -68,3 +68,22 @@ def test_split_count_is_static() -> None:
     cpu = torch.device("cpu")
     assert pick_num_splits(8, 64, cpu) == 1  # short context: one split, no reduce
     assert pick_num_splits(1, 1 << 20, cpu) == 2  # two waves of one "SM"
+
+
+def test_launchers_reject_bad_quantized_caches() -> None:
+    q = torch.zeros(3, 8, 64, dtype=torch.bfloat16)
+    codes = torch.zeros(4, 16, 2, 32, dtype=torch.uint8)  # int4: D / 2 bytes
+    tables, lens = torch.zeros(3, 4, dtype=torch.int32), torch.ones(3, dtype=torch.int32)
+    with pytest.raises(ValueError, match="int4 KV cache needs k_scale_zero"):
+        decode_attention(q, codes, codes, tables, lens, 1.0)
+    bf16_scales = torch.zeros(4, 16, 2, 2, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="fp16 or fp32"):
+        prefill_attention(q, codes, codes, torch.arange(4, dtype=torch.int32), lens, tables, 1, 1.0,
+                          k_scale_zero=bf16_scales, v_scale_zero=bf16_scales)
+    scales = torch.zeros(4, 16, 2, 2, dtype=torch.float16)
+    with pytest.raises(ValueError, match="do not match the cache"):
+        store_kvcache(torch.zeros(3, 2, 48), torch.zeros(3, 2, 48), codes, codes, torch.zeros(3, dtype=torch.long),
+                      scales, scales)
+    with pytest.raises(ValueError, match=r"k_scale_zero must be \(4, 16, 2, 2\)"):
+        store_kvcache(torch.zeros(3, 2, 64), torch.zeros(3, 2, 64), codes, codes, torch.zeros(3, dtype=torch.long),
+                      scales[:, :8], scales)
