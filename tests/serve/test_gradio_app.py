@@ -219,8 +219,8 @@ def test_page_shows_thinking_and_tool_calls(scripted_server: ServerThread, scrip
     assert "Tool call: get_current_temperature" in text and "San Francisco, CA, USA" in text
 
 
-def test_page_over_a_model_served_in_process(internlm2_dir: Path, browser):
-    """`serve gradio MODEL` (as for `demo`): our server starts in-process behind the page."""
-    with gradio_page(str(internlm2_dir), "--session-len", "1024", "--cpu-kv-budget-gib", "0.1") as url:
+def test_page_over_the_demo_model_served_in_process(browser):
+    """`serve gradio demo`: our server starts in-process on the embedded demo model behind the page."""
+    with gradio_page("demo", "--session-len", "2048", "--cpu-kv-budget-gib", "0.1") as url:
         replies = chat_in_page(browser, url, "hi", "gradio_in_process.png")
     assert replies and "".join(replies).strip() and not any(r.startswith("Error:") for r in replies)
