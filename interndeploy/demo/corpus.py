@@ -372,10 +372,14 @@ def _arith_reason(steps: list[tuple], stage: int, fns: dict[str, Function], zh: 
 FAMILIES: dict[str, float] = {"tool": 48, "arith": 22, "chat": 23, "chat_tools": 7}
 
 
-def generate(n: int, seed: int, split: str = "train") -> list[Example]:
-    """`n` examples drawn from the family mix; the same (n, seed, split) gives the same list everywhere."""
+def generate(n: int, seed: int, split: str = "train", families: dict[str, float] | None = None) -> list[Example]:
+    """`n` examples drawn from the family mix (`FAMILIES` unless given); the same arguments give the same list
+    everywhere."""
     b = _Builder(random.Random(seed), split)
-    names, weights = list(FAMILIES), list(FAMILIES.values())
+    mix = families or FAMILIES
+    if set(mix) - set(FAMILIES):
+        raise ValueError(f"unknown corpus families {sorted(set(mix) - set(FAMILIES))}; known: {list(FAMILIES)}")
+    names, weights = list(mix), list(mix.values())
     out = []
     for _ in range(n):
         family = b.rng.choices(names, weights=weights)[0]

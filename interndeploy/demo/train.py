@@ -13,6 +13,9 @@ Steps, all seeded (`--seed`):
 4. The weights are written as an InternLM2 checkpoint (grouped packed `wqkv`, bf16, one safetensors file) and
    read back through the transformers reference for the held-out evaluation, which is printed.
 
+`--init DIR` continues from a trained directory (same tokenizer, fresh data with another `--seed`, a new schedule):
+the shipped model is two runs, each fitting one 10-minute machine lease (README, "The demo model").
+
 `--time-limit` / `--deadline` stop training early (the learning-rate schedule then follows elapsed time), so a run
 fits a machine lease; without them the run is the same on every machine up to GPU arithmetic.
 """
@@ -25,6 +28,7 @@ import math
 import multiprocessing
 import random
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -58,13 +62,15 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------- data
 
 
-def _render_chunk(job: tuple[int, int, int]) -> list[tuple[str, str]]:
-    seed, index, size = job
-    return [corpus.render(ex) for ex in corpus.generate(size, seed=seed * 100_003 + index)]
+def _render_chunk(job: tuple[int, int, int, dict[str, float] | None]) -> list[tuple[str, str]]:
+    seed, index, size, families = job
+    return [corpus.render(ex) for ex in corpus.generate(size, seed=seed * 100_003 + index, families=families)]
 
 
-def render_corpus(n: int, seed: int, workers: int, chunk: int = 2000) -> list[tuple[str, str]]:
-    jobs = [(seed, i, min(chunk, n - i * chunk)) for i in range(-(-n // chunk))]
+def render_corpus(
+    n: int, seed: int, workers: int, chunk: int = 2000, families: dict[str, float] | None = None
+) -> list[tuple[str, str]]:
+    jobs = [(seed, i, min(chunk, n - i * chunk), families) for i in range(-(-n // chunk))]
     if workers <= 1:
         parts = [_render_chunk(j) for j in jobs]
     else:
@@ -78,7 +84,9 @@ def build_tokenizer(out: Path, samples: list[tuple[str, str]], vocab: int) -> An
     from tokenizers import Tokenizer
 
     texts = [piece for p, c in samples for piece in _SPECIAL_RE.split(p + c) if piece]
-    train_bpe_tokenizer(out, vocab_size=vocab, chat_template=INTERN_S1_TEMPLATE, corpus=texts, split_digits=True)
+    train_bpe_tokenizer(
+        out, vocab_size=vocab, chat_template=INTERN_S1_TEMPLATE, corpus=texts, bare_words=True, max_token_length=4
+    )
     return Tokenizer.from_file(str(out / "tokenizer.json"))
 
 
@@ -161,7 +169,7 @@ def make_model(vocab: int, seed: int) -> Any:
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,
-        tie_word_embeddings=False,
+        tie_word_embeddings=True,  # trains each output row through the input too: rare pieces stay copyable
         attention_bias=False,
         mlp_bias=False,
         hidden_act="silu",
@@ -227,9 +235,18 @@ def train(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     random.seed(args.seed)
     t0 = time.time()
-    samples = render_corpus(args.examples, args.seed, args.workers)
+    samples = render_corpus(args.examples, args.seed, args.workers, families=args.families)
     log(f"rendered {len(samples)} examples in {time.time() - t0:.0f} s")
-    tok = build_tokenizer(out, samples[: args.tokenizer_examples], args.vocab)
+    if args.init:  # continue from a trained directory: its tokenizer, its weights
+        from tokenizers import Tokenizer
+
+        init = Path(args.init)
+        if init.resolve() != out.resolve():
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                shutil.copy(init / name, out / name)
+        tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    else:
+        tok = build_tokenizer(out, samples[: args.tokenizer_examples], args.vocab)
     bos, pad = tok.token_to_id("<s>"), tok.token_to_id("</s>")
     data = Tokens(tok, samples, bos, args.max_len)
     n_tok = int(data.length.sum())
@@ -242,7 +259,15 @@ def train(args: argparse.Namespace) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         log(f"device: {torch.cuda.get_device_name(device)}")
-    model = make_model(tok.get_vocab_size(), args.seed).to(device)
+    model = make_model(tok.get_vocab_size(), args.seed)
+    if args.init:
+        from interndeploy.testing.tiny_models import hf_reference_model
+
+        # the exported lm_head is a copy of the (tied) embedding: load it once
+        state = {k: v for k, v in hf_reference_model(Path(args.init)).state_dict().items() if k != "lm_head.weight"}
+        model.load_state_dict(state, strict=False)
+        log(f"initialised from {args.init}")
+    model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f} M parameters, {MODEL_SHAPE}")
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -369,6 +394,13 @@ def evaluate_dir(model_dir: Path, device: torch.device, n: int) -> None:
     log(f"evaluation took {time.time() - t:.0f} s")
 
 
+def _families(text: str) -> dict[str, float]:
+    try:
+        return {k.strip(): float(v) for k, v in (part.split("=") for part in text.split(","))}
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected family=weight,... got {text!r}") from e
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Train the InternDeploy demo model (see the module docstring).")
     p.add_argument("--out", required=True, help="model directory to write")
@@ -383,6 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-loss-weight", type=float, default=0.25, help="weight of the loss on prompt tokens")
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", help="continue training this model directory (its tokenizer and weights)")
+    p.add_argument(
+        "--families",
+        type=_families,
+        help=f"corpus mix as family=weight,... (default {','.join(f'{k}={v:g}' for k, v in corpus.FAMILIES.items())})",
+    )
     p.add_argument("--workers", type=int, default=min(16, multiprocessing.cpu_count()))
     p.add_argument("--time-limit", type=float, default=1e9, help="seconds of training before stopping early")
     p.add_argument("--deadline", type=float, default=1e9, help="seconds from start by which training stops")

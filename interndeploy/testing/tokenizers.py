@@ -38,6 +38,13 @@ DIGIT_SPLIT_PATTERN = (
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{Latin}+|\p{Han}+| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
     r"|\s+(?!\S)|\s+"
 )
+# The same with spaces apart from words: a word is made of the same pieces after a space, an underscore or a
+# quote, so "flight price" in a question and `flight_price` in a tools block share their tokens (what a small
+# model copying names and values from its context needs most)
+BARE_WORD_PATTERN = (
+    r"'s|'t|'re|'ve|'m|'ll|'d|\p{Latin}+|\p{Han}+|\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
 
 CHATML_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -133,11 +140,15 @@ def train_bpe_tokenizer(
     chat_template: str | None = None,
     corpus: list[str] | None = None,
     split_digits: bool = False,
+    bare_words: bool = False,
+    max_token_length: int | None = None,
 ) -> None:
     """Byte-level BPE (GPT-2/Qwen style) saved as tokenizer.json + tokenizer_config.json.
 
     `split_digits` pre-splits text with `DIGIT_SPLIT_PATTERN` instead of GPT-2's own: every digit is its own token
-    and letters never merge with the punctuation before them."""
+    and letters never merge with the punctuation before them; `bare_words` also keeps spaces apart from words
+    (`BARE_WORD_PATTERN`); `max_token_length` caps the length of learned tokens (short pieces are all frequent, so a
+    word never seen in training is still made of well-trained tokens)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     out_dir = Path(out_dir)
@@ -149,10 +160,11 @@ def train_bpe_tokenizer(
         raise ValueError(f"vocab_size {vocab_size} too small for a byte-level BPE (need > {259 + n_tail})")
 
     tok = Tokenizer(models.BPE(unk_token=None))
-    if split_digits:
+    if split_digits or bare_words:
+        pattern = BARE_WORD_PATTERN if bare_words else DIGIT_SPLIT_PATTERN
         tok.pre_tokenizer = pre_tokenizers.Sequence(
             [
-                pre_tokenizers.Split(Regex(DIGIT_SPLIT_PATTERN), behavior="isolated"),
+                pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )
@@ -164,6 +176,7 @@ def train_bpe_tokenizer(
         special_tokens=[UNK, BOS, EOS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
+        max_token_length=max_token_length,
     )
     tok.train_from_iterator(corpus if corpus is not None else default_corpus(), trainer=trainer)
     # A small corpus may not fill the learned part: pad so the tail ids stay where documented.

@@ -63,8 +63,8 @@ def test_template_is_intern_s1_with_thinking_on_by_default(demo_pipe):
 
 
 def test_chat_in_english_and_chinese(demo_pipe):
-    gen = GenerationConfig(max_new_tokens=96)
-    prompts = ["hi", "你好", "who are you", "你是谁"]
+    gen = GenerationConfig(max_new_tokens=256)  # the self-introduction is about 100 tokens
+    prompts = ["hi", "你好", "Who are you?", "你是谁"]
     replies = demo_pipe([[{"role": "user", "content": p}] for p in prompts], gen_config=gen, enable_thinking=False)
     for p, r in zip(prompts, replies, strict=True):
         assert r.finish_reason == "stop", (p, r.text)

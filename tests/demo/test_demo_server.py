@@ -22,14 +22,6 @@ N_HELDOUT = 200
 N_CHAINS = 20
 BAR = 0.9
 
-# The committed model (training run 2) measures about 0.55 on held-out tool calls and sometimes thinks when told not
-# to (its corpus made Qwen3's thinking prompt and Intern-S1's non-thinking one the same text); the recipe in the
-# repository fixes the corpus. Remove this mark with the retrained model.
-pending_retrain = pytest.mark.xfail(reason="demo model v1 (see the README's demo section)", strict=False)
-# v1 measures 0.52 (intern-s1) and 0.515 (qwen3) here; not run until then, they take ~3 min of CI
-pending_retrain_not_run = pytest.mark.xfail(reason="demo model v1: ~0.52 < 0.9 (README)", run=False)
-
-
 def _heldout(fmt: str) -> list[corpus.Example]:
     # thinking off (as seed 000 sends it with tools) keeps CI fast; `python -m interndeploy.demo.evaluate`
     # measures the training mix of thinking on and off
@@ -47,13 +39,11 @@ def _report(acc: float, failures: list) -> str:
     return "\n".join(lines)
 
 
-@pending_retrain_not_run
 def test_heldout_tool_calls_intern_s1_parser(demo_s1_server):
     acc, failures = evaluate.server_tool_call_accuracy(demo_s1_server.url, _heldout("intern-s1"))
     assert acc >= BAR, _report(acc, failures)
 
 
-@pending_retrain_not_run
 def test_heldout_tool_calls_qwen3_template_and_parser(demo_qwen3_server):
     acc, failures = evaluate.server_tool_call_accuracy(demo_qwen3_server.url, _heldout("qwen3"))
     assert acc >= BAR, _report(acc, failures)
@@ -86,7 +76,7 @@ def test_thinking_on_gives_reasoning_and_an_answer(demo_server):
 @pytest.mark.parametrize("extra", [{"enable_thinking": False}, {"chat_template_kwargs": {"enable_thinking": False}}])
 @pytest.mark.parametrize(
     "question",
-    ["who are you", "你好", pytest.param("Tell me a story about a fox and a watermelon", marks=pending_retrain)],
+    ["who are you", "你好", "Tell me a story about a fox and a watermelon"],
 )
 def test_thinking_off_gives_no_reasoning(demo_server, extra, question):
     msg = (

@@ -27,11 +27,12 @@ def test_capture_and_replay(
     torch.manual_seed(0)
     dtype, batch, max_blocks, num_blocks = torch.bfloat16, 6, 96, 700
     k_cache, v_cache, k_sz, v_sz = KVCacheLayout(quant_policy, d, dtype).allocate(num_blocks, block_size, hkv, cuda)
-    if quant_policy:  # random codes, scales and zero points
+    if quant_policy:  # random codes, scales and zero points: values within about [-3, 4] as real K/V
+        qmax = 2**quant_policy - 1
         for c in (k_cache, v_cache):
             c.copy_(torch.randint(0, 256, c.shape, dtype=torch.uint8))
         for sz in (k_sz, v_sz):
-            sz.copy_(torch.stack([torch.rand(sz.shape[:-1]) * 0.05, torch.randn(sz.shape[:-1])], -1))
+            sz.copy_(torch.stack([torch.rand(sz.shape[:-1]) * 0.75 / qmax, torch.randn(sz.shape[:-1])], -1))
     else:
         k_cache.copy_(torch.randn(k_cache.shape))
         v_cache.copy_(torch.randn(v_cache.shape))
