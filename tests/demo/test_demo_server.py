@@ -22,6 +22,7 @@ N_HELDOUT = 200
 N_CHAINS = 20
 BAR = 0.9
 
+
 def _heldout(fmt: str) -> list[corpus.Example]:
     # thinking off (as seed 000 sends it with tools) keeps CI fast; `python -m interndeploy.demo.evaluate`
     # measures the training mix of thinking on and off
