@@ -36,6 +36,10 @@ class EngineConfig:
     dtype: str = "auto"  # auto | float16 | bfloat16 | float32
     device: str | None = None  # cuda | cpu | None (cuda when available)
     eager_mode: bool = False  # no CUDA graphs for decode
+    # schedule and launch step n+1 while the device runs step n (vLLM's async scheduling, SGLang's overlap
+    # schedule); None / False: off (opt-in until measured on a GPU; on the CPU the forward runs on the scheduling
+    # thread, so nothing overlaps there)
+    async_scheduling: bool | None = None
     load_format: str = "auto"  # auto: read the checkpoint; dummy: random weights at the config's shapes
     language_model_only: bool = False  # serve a multimodal checkpoint (Intern-S1, InternVL) as its language model
     cpu_kv_budget_gib: float = 2.0  # on CPU, the "free memory" that cache_max_entry_count is a fraction of

@@ -5,6 +5,8 @@ Two backends:
     transformers has natively, else the generic ``PreTrainedTokenizerFast``; ``trust_remote_code`` is never set);
   * ``tokenizer.model`` -> sentencepiece used directly, reproducing InternLM2Tokenizer: added/special tokens of
     ``tokenizer_config.json`` are split out of the text first, every other chunk is encoded by sentencepiece.
+Intern-S1's InternS1Tokenizer (BPE plus sentencepiece models for SMILES, IUPAC and FASTA) has its own class in
+tokenizer_interns1.py, which ``from_dir`` picks when tokenizer_config.json names it.
 
 Decoding follows the slow HF tokenizers (and vLLM/LMDeploy's slow path) for ``spaces_between_special_tokens``:
 the output is cut at every added token (special or not), the pieces are decoded separately and joined by " "
@@ -176,6 +178,10 @@ class Tokenizer:
     def from_dir(cls, model_dir: str | Path) -> Tokenizer:
         model_dir = Path(model_dir)
         config = _read_json(model_dir / "tokenizer_config.json")
+        from .tokenizer_interns1 import load_interns1  # Intern-S1's science sub-tokenizers (imports this module)
+
+        if (interns1 := load_interns1(model_dir, config)) is not None:
+            return interns1
         if (model_dir / "tokenizer.json").is_file():
             try:
                 return cls._from_hf(model_dir, config, _load_hf_fast(model_dir, config))

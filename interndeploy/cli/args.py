@@ -33,6 +33,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=["auto", "float16", "bfloat16", "float32"], default="auto")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--eager-mode", action="store_true", help="no CUDA graphs")
+    g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                   help="schedule the next step while the GPU runs the current one (default: off)")
     g.add_argument("--language-model-only", action="store_true", help="serve a multimodal model's language model only")
     g.add_argument("--chat-template", default=None, help="built-in template name or a JSON file")
     g.add_argument("--revision", default=None, help="Hugging Face cache revision")
@@ -74,6 +76,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         dtype=args.dtype,
         device=args.device,
         eager_mode=args.eager_mode,
+        async_scheduling=getattr(args, "async_scheduling", None),
         language_model_only=args.language_model_only,
         revision=args.revision,
         cpu_kv_budget_gib=args.cpu_kv_budget_gib,

@@ -1,6 +1,6 @@
 """Train the embedded demo model from scratch: synthetic corpus -> BPE tokenizer -> tiny Llama -> InternLM2 dir.
 
-    python -m interndeploy.demo.train --out interndeploy/demo/model --device cuda   # ~9 min on one H200
+    python -m interndeploy.demo.train --out interndeploy/demo/model --recipe   # the shipped model, ~25 min, one H100
     python -m interndeploy.demo.train --out DIR --steps 20 --examples 4000 --eval 20   # smoke run on CPU
 
 Steps, all seeded (`--seed`):
@@ -29,6 +29,7 @@ import multiprocessing
 import random
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,15 @@ def export(model: Any, out: Path, tok: Any) -> None:
 
 # ---------------------------------------------------------------- training
 
+# The shipped weights: three runs, the second and third continuing the previous one (`--init`). Each was a time-limited
+# run on one H100 (`--time-limit 420`); these are the step counts they reached, so `--recipe` repeats them anywhere.
+SHIPPED_RECIPE: tuple[tuple[str, ...], ...] = (
+    ("--steps", "6251"),
+    ("--steps", "6520", "--seed", "1", "--lr", "1e-3", "--warmup", "100", "--examples", "300000"),
+    ("--steps", "6218", "--seed", "2", "--lr", "7e-4", "--warmup", "100", "--examples", "300000",
+     "--families", "tool=75,arith=8,chat=12,chat_tools=5"),
+)  # fmt: skip
+
 
 def train(args: argparse.Namespace) -> None:
     out = Path(args.out)
@@ -426,7 +436,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline", type=float, default=1e9, help="seconds from start by which training stops")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--eval", type=int, default=200, help="held-out prompts per format to evaluate (0: none)")
-    train(p.parse_args(argv))
+    p.add_argument(
+        "--recipe",
+        action="store_true",
+        help="the shipped model's three runs in a row into --out (SHIPPED_RECIPE; other flags apply to every run)",
+    )
+    args = p.parse_args(argv)
+    if not args.recipe:
+        train(args)
+        return 0
+    for k, run in enumerate(SHIPPED_RECIPE):
+        log(f"recipe run {k + 1} of {len(SHIPPED_RECIPE)}: {run}")
+        extra = ["--init", args.out] if k else []
+        train(p.parse_args([*(argv if argv is not None else sys.argv[1:]), *extra, *run]))
     return 0
 
 

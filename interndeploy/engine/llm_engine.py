@@ -1,5 +1,16 @@
 """The synchronous engine: one `step()` = schedule -> run -> postprocess -> outputs.
 
+With async scheduling (`EngineConfig.async_scheduling`) a step's tokens are read one call late, so that
+the host schedules and builds step n+1 while the device still runs step n:
+
+    step() call n+1:  schedule n+1 -> launch n+1 -> read step n's tokens (waits) -> postprocess n -> outputs
+    device:           ....... step n .......|....... step n+1 .......
+
+A sequence sampled by step n is scheduled in n+1 on the assumption that it goes on (its pending token is
+taken on the device); if step n's token ends it, n+1's token for it is dropped, and its blocks were freed
+when it ended (a later launch is the first that can reuse them). Steps whose sequences need their last
+token on the host to sample the next (grammar, penalties) are read back before the next one is scheduled.
+
 Not thread-safe: the AsyncEngine calls it from one thread only.
 """
 
@@ -12,10 +23,10 @@ from dataclasses import dataclass, field, replace
 from ..config import EngineConfig
 from ..model_dir import ModelInfo
 from ..tokenizer import Tokenizer
+from ..worker.async_output import AsyncStepOutput, TokenLogprobs
 from ..worker.executor import create_executor
 from ..worker.guided_decoding import GrammarBackend
 from ..worker.kv_cache import memory_report
-from ..worker.model_runner import TokenLogprobs
 from .block_manager import BlockManager
 from .detokenizer import IncrementalDetokenizer
 from .request import EngineRequest, RequestOutput
@@ -47,6 +58,12 @@ class _RequestState:
 
 
 @dataclass(slots=True)
+class _InflightStep:
+    sched: SchedulerOutput  # what was launched
+    output: AsyncStepOutput  # its tokens, on their way to the host
+
+
+@dataclass(slots=True)
 class EngineStats:
     num_finished: int = 0  # requests finished since start
     prompt_tokens: int = 0  # prompt tokens of admitted requests
@@ -74,14 +91,24 @@ class LLMEngine:
         vocab = int(info.config.get("vocab_size") or tokenizer.vocab_size)
         self.grammar = GrammarBackend(tokenizer, vocab, eos_token_ids or [])
         self.runner.grammar = self.grammar
+        self.async_scheduling = self._want_async(cfg)
+        self._inflight: _InflightStep | None = None  # the launched step whose tokens are not read yet
         fmt = getattr(self.runner, "weight_format", "hf")
         note = f"{fmt} (quantized linears at their packed size)" if fmt != "hf" else ""
         logger.info(memory_report(self.runner.weight_bytes, self.runner.kv, self.runner.device, note))
 
+    def _want_async(self, cfg: EngineConfig) -> bool:
+        # opt-in until it has been measured on a GPU (greedy equality is tested on CPU; see the README)
+        want = bool(cfg.async_scheduling)
+        if want and not self.executor.supports_async:
+            logger.info("async scheduling needs a single-rank engine (--tp 1, no --dp/--ep); running steps in turn")
+            want = False
+        return want
+
     @property
     def has_work(self) -> bool:
         """True when step() has something to do (always for a dp engine: its peers may need it)."""
-        return self.scheduler.has_work or self.executor.always_step
+        return self.scheduler.has_work or self._inflight is not None or self.executor.always_step
 
     def add_request(self, req: EngineRequest) -> None:
         if req.request_id in self.requests:
@@ -118,19 +145,46 @@ class LLMEngine:
         return self._collect([state])
 
     def step(self) -> list[RequestOutput]:
+        touched: dict[int, _RequestState] = {}
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None and any(s.needs_host_tokens for s in self._samplers(inflight.sched)):
+            self._complete(inflight, touched)  # the next step's sampling needs these tokens on the host
+            inflight = None
         sched = self.scheduler.schedule()
         self.stats.num_preemptions += len(sched.preempted)
-        touched = {id(self.by_seq[s.seq_id][0]): self.by_seq[s.seq_id][0] for s in sched.finished}
+        for seq in sched.finished:
+            self._touch(seq, touched)
+        launched = None
         if sched.is_empty and self.executor.always_step:
             self.executor.execute(sched)  # a dp engine's turn with nothing scheduled: its peers may need it
         elif not sched.is_empty:
-            result = self.executor.execute(sched)
-            self.scheduler.update(sched, result.sampled)
-            self._postprocess(sched, result.sampled, result.logprobs)
-            for item in sched.scheduled:
-                state = self.by_seq[item.seq.seq_id][0]
-                touched[id(state)] = state
+            launched = _InflightStep(sched, self.executor.launch(sched))
+            self.scheduler.on_launched(sched)
+        if inflight is not None:  # step n's tokens, read only now that step n+1 is on the device
+            self._complete(inflight, touched)
+        if launched is not None:
+            if self.async_scheduling:
+                self._inflight = launched
+            else:
+                self._complete(launched, touched)
         return self._collect(list(touched.values()))
+
+    @staticmethod
+    def _samplers(sched: SchedulerOutput) -> list[Sequence]:
+        return [item.seq for item in sched.scheduled if item.samples]
+
+    def _touch(self, seq: Sequence, touched: dict[int, _RequestState]) -> None:
+        entry = self.by_seq.get(seq.seq_id)  # absent once its request is finished and reported
+        if entry is not None:
+            touched[id(entry[0])] = entry[0]
+
+    def _complete(self, step: _InflightStep, touched: dict[int, _RequestState]) -> None:
+        """Read a launched step's tokens (waiting for the device) and apply them."""
+        result = step.output.get()
+        self.scheduler.update(step.sched, result.sampled)
+        self._postprocess(step.sched, result.sampled, result.logprobs)
+        for item in step.sched.scheduled:
+            self._touch(item.seq, touched)
 
     def _postprocess(self, sched: SchedulerOutput, sampled: dict[int, int], logprobs: dict) -> None:
         for item in sched.scheduled:
@@ -194,6 +248,7 @@ class LLMEngine:
     def fail_all(self, message: str) -> list[RequestOutput]:
         """End every live request with an error (the engine hit an exception mid-step)."""
         outputs = []
+        self._inflight = None  # its tokens are not wanted (and the device may be the failure)
         for state in list(self.requests.values()):
             for sample in state.samples:
                 self.scheduler.finish(sample.seq, FinishReason.ABORT)

@@ -7,6 +7,12 @@ prefill). When the cache runs out of blocks, the most recently admitted running
 sequence is preempted: its blocks are freed and it goes back to the front of the
 queue, to be recomputed later (prefix-cache hits make that cheap).
 
+A step's life: `schedule()` picks it; once its inputs are built and launched, `on_launched()` counts
+its tokens as computed and its samples as pending; `update()` appends the sampled tokens when they
+reach the host. With async scheduling the engine schedules and launches step n+1 before step n's
+tokens arrive: a running sequence then decodes its pending token (the model runner reads it on the
+device), and one whose pending tokens already reach its length limit is not scheduled again.
+
 Pure Python, no torch: tests drive it with fake model outputs.
 """
 
@@ -22,12 +28,13 @@ from .sequence import FinishReason, Sequence, SequenceStatus
 @dataclass(slots=True)
 class ScheduledSeq:
     seq: Sequence
-    num_new_tokens: int  # tokens computed this step, starting at seq.num_computed_tokens
+    num_new_tokens: int  # tokens computed this step, starting at seq.num_computed_tokens (until on_launched)
+    # this step reaches the end of the sequence (pending tokens included), so its last logits give a token
+    samples: bool = field(init=False)
 
-    @property
-    def samples(self) -> bool:
-        """True when this step reaches the end of the sequence, so its last logits give a token."""
-        return self.seq.num_computed_tokens + self.num_new_tokens == len(self.seq.token_ids)
+    def __post_init__(self) -> None:
+        seq = self.seq
+        self.samples = seq.num_computed_tokens + self.num_new_tokens == len(seq.token_ids) + seq.num_pending_tokens
 
 
 @dataclass(slots=True)
@@ -37,6 +44,7 @@ class SchedulerOutput:
     num_decode_tokens: int = 0  # one per decoding sequence
     preempted: list[Sequence] = field(default_factory=list)  # sent back to the queue this step
     finished: list[Sequence] = field(default_factory=list)  # ended by the scheduler (cache too small)
+    launched: bool = False  # on_launched() ran: the sequences' computed counts include this step
 
     @property
     def is_empty(self) -> bool:
@@ -68,6 +76,9 @@ class Scheduler:
         i = 0
         while i < len(self.running):
             seq = self.running[i]
+            if seq.pending_reach_length:  # ends when its pending token arrives: no step for it
+                i += 1
+                continue
             num_new = seq.num_uncomputed_tokens
             is_decode = num_new == 1
             if not is_decode:
@@ -78,6 +89,10 @@ class Scheduler:
             while not bm.allocate_slots(seq, num_new):
                 victim = self.running[-1]
                 if victim is seq and len(self.running) == 1:
+                    if seq.num_pending_tokens:  # decide once its pending token (which the caller gets) is in
+                        i += 1
+                        seq = None
+                        break
                     # alone and still does not fit: the cache cannot hold this sequence
                     self.running.pop()
                     self._finish(seq, FinishReason.LENGTH)
@@ -103,6 +118,8 @@ class Scheduler:
         # 2. admit waiting sequences while blocks, batch slots and prefill budget last
         while self.waiting and not out.preempted and len(self.running) < self.max_batch_size and budget > 0:
             seq = self.waiting[0]
+            if seq.num_pending_tokens:  # preempted while its last step ran: readmit once the token is in
+                break
             computed = bm.match_prefix(seq)
             num_computed = seq.num_computed_tokens + len(computed) * bm.block_size
             num_new = min(len(seq.token_ids) - num_computed, budget)
@@ -124,17 +141,30 @@ class Scheduler:
             budget -= num_new
         return out
 
+    def on_launched(self, out: SchedulerOutput) -> None:
+        """The step's inputs are built and launched: count its tokens as computed, its samples as pending."""
+        out.launched = True
+        for item in out.scheduled:
+            item.seq.num_computed_tokens += item.num_new_tokens
+            if item.samples:
+                item.seq.num_pending_tokens += 1
+
     def update(self, out: SchedulerOutput, sampled: dict[int, int]) -> None:
-        """Advance computed counts after a step; `sampled` maps seq_id -> new token."""
+        """Take a step's sampled tokens (`sampled`: seq_id -> new token) once they are on the host."""
+        if not out.launched:
+            self.on_launched(out)
         for item in out.scheduled:
             seq = item.seq
-            if seq.is_finished:  # aborted while the step ran
+            if seq.is_finished:  # aborted, or stopped by the previous step, while this one ran: token dropped
                 continue
-            seq.num_computed_tokens += item.num_new_tokens
-            self.block_manager.register_full_blocks(seq)
-            token = sampled.get(seq.seq_id)
-            if token is not None:
-                seq.append_token(token)
+            if item.samples:
+                seq.num_pending_tokens -= 1
+                token = sampled.get(seq.seq_id)
+                if token is not None:
+                    seq.append_token(token)
+            # a preempted sequence holds no blocks; a later launched step may have computed the pending token
+            if seq.status == SequenceStatus.RUNNING and seq.num_computed_tokens <= len(seq.token_ids):
+                self.block_manager.register_full_blocks(seq)
 
     def finish(self, seq: Sequence, reason: FinishReason) -> None:
         """End a sequence (stop, length or abort) and release its blocks."""
@@ -147,7 +177,10 @@ class Scheduler:
         self._finish(seq, reason)
 
     def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        # blocks may still be written by a launched step: a step launched later (in stream order) is the
+        # first that can reuse them
         self.block_manager.free(seq)
+        seq.num_pending_tokens = 0
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
 

@@ -1,9 +1,12 @@
 """A sequence: one stream of tokens the engine generates, and its KV bookkeeping.
 
-    token_ids = [ prompt ............ | output ...... ]
+    token_ids = [ prompt ............ | output ...... ] [pending]
                  <- num_prompt_tokens ->
-                 <------ num_computed_tokens ---->      (K/V already in the cache)
+                 <------ num_computed_tokens ---->            (K/V in the cache, or being written by a launched step)
     block_table: cache blocks holding tokens [0, len(block_table) * block_size)
+
+With async scheduling a launched step's sampled token reaches the host one step late: until then it is
+counted in `num_pending_tokens` and the next step takes it as input straight from the device.
 
 A request with n > 1 becomes n sequences sharing the prompt.
 """
@@ -42,7 +45,8 @@ class Sequence:
     max_total_tokens: int = 0  # session_len: prompt + output never exceed it
     seq_id: int = field(default_factory=lambda: next(_ids))
     status: SequenceStatus = SequenceStatus.WAITING
-    num_computed_tokens: int = 0  # tokens whose K/V are in the cache
+    num_computed_tokens: int = 0  # tokens whose K/V are in the cache, or written by a step already launched
+    num_pending_tokens: int = 0  # tokens sampled by launched steps, not yet appended to token_ids (one per step)
     num_cached_tokens: int = 0  # of those, tokens found in the prefix cache at admission
     block_table: list[int] = field(default_factory=list)  # cache block ids, in token order
     block_hashes: list[int] = field(default_factory=list)  # hash chain of the full blocks registered so far
@@ -77,7 +81,29 @@ class Sequence:
 
     @property
     def num_uncomputed_tokens(self) -> int:
-        return len(self.token_ids) - self.num_computed_tokens
+        return len(self.token_ids) + self.num_pending_tokens - self.num_computed_tokens
+
+    @property
+    def pending_reach_length(self) -> bool:
+        """Its pending tokens take it to max_new_tokens or max_total_tokens: it ends once they arrive."""
+        if not self.num_pending_tokens:
+            return False
+        total = len(self.token_ids) + self.num_pending_tokens
+        at_max_total = 0 < self.max_total_tokens <= total
+        return total - self.num_prompt_tokens >= self.params.max_new_tokens or at_max_total
+
+    @property
+    def needs_host_tokens(self) -> bool:
+        """Sampling its next token reads its previous tokens on the host (grammar, penalties, multi-token
+        bad words), so the step producing them must be read back before the next one is built."""
+        p = self.params
+        return bool(
+            p.grammar
+            or p.repetition_penalty != 1.0
+            or p.presence_penalty != 0.0
+            or p.frequency_penalty != 0.0
+            or any(len(word) > 1 for word in p.bad_word_ids)
+        )
 
     def block_key(self, start: int, end: int) -> tuple[int, ...]:
         """Tokens [start, end) as the prefix cache hashes them: media placeholders carry their media's hash."""

@@ -31,6 +31,7 @@ from .. import distributed
 from ..config import ConfigError, EngineConfig
 from ..engine.scheduler import SchedulerOutput
 from ..model_dir import ModelInfo
+from .async_output import AsyncStepOutput
 from .model_runner import ModelRunner, ModelRunnerOutput, pick_device
 from .step_inputs import StepInputs
 
@@ -40,9 +41,14 @@ logger = logging.getLogger("interndeploy")
 class Executor:
     runner: ModelRunner  # rank 0's runner, in this process (weights, KV spec, sampler, device)
     always_step: bool = False  # the engine must call execute() every iteration, even with nothing scheduled
+    supports_async: bool = False  # launch() returns before the step ends, and a step may read pending tokens
 
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
         raise NotImplementedError
+
+    def launch(self, sched: SchedulerOutput) -> AsyncStepOutput:
+        """Start the step; its output comes with `.get()` (here: already done)."""
+        return AsyncStepOutput.done(self.execute(sched))
 
     def shutdown(self) -> None:
         """Stop the workers and leave the process group; safe to call twice."""
@@ -52,8 +58,13 @@ class UniExecutor(Executor):
     def __init__(self, info: ModelInfo, cfg: EngineConfig, session_len: int, max_batch_size: int) -> None:
         self.runner = ModelRunner(info, cfg, session_len, max_batch_size)
 
+    supports_async = True
+
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
         return self.runner.execute(sched)
+
+    def launch(self, sched: SchedulerOutput) -> AsyncStepOutput:
+        return self.runner.launch(sched)
 
 
 # ---- tensor parallel --------------------------------------------------------------------------------------

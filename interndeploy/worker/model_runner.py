@@ -1,12 +1,13 @@
 """Runs the model for one scheduled step: builds the flattened batch, runs forward, samples.
 
-Owns the model, the paged KV cache tensors and the sampler. One per rank.
+Owns the model, the paged KV cache tensors and the sampler. One per rank. `launch()` returns as soon as
+the step is queued on the device; it keeps the step's sampled-token tensor so that the next step can
+take a sequence's pending token from it on the device (async scheduling).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import torch
 
@@ -18,27 +19,19 @@ from ..model_dir import ModelInfo
 from ..models.loader import init_dummy_weights, load_weights
 from ..models.registry import get_model_class
 from ..quant.formats import linear_methods, resolve_weight_format
+from .async_output import AsyncStepOutput, ModelRunnerOutput, TokenLogprobs
 from .cuda_graph import DecodeCudaGraphs
-from .forward_context import AttentionMetadata, forward_context
+from .forward_context import forward_context
 from .guided_decoding import GrammarBackend
 from .kv_cache import KVCacheSpec, plan_kv_cache
 from .sampler import Sampler, SamplingBatch
-from .step_inputs import StepInputs
+from .step_inputs import StepInputs, host_to_device
 from .vision import VisionRunner, build_vision_tower
 
 logger = logging.getLogger("interndeploy")
 
 
-@dataclass(slots=True)
-class TokenLogprobs:
-    logprob: float  # log-probability of the sampled token
-    top: list[tuple[int, float]]  # (token id, logprob) of the top-N tokens, best first
-
-
-@dataclass(slots=True)
-class ModelRunnerOutput:
-    sampled: dict[int, int] = field(default_factory=dict)  # seq_id -> sampled token id
-    logprobs: dict[int, TokenLogprobs] = field(default_factory=dict)  # seq_id -> logprobs, when asked
+__all__ = ["ModelRunner", "ModelRunnerOutput", "TokenLogprobs", "pick_device", "pick_dtype"]
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -94,6 +87,9 @@ class ModelRunner:
         self.block_size = cfg.block_size
         self.kv: KVCacheSpec = plan_kv_cache(info.config, cfg, self.device, self.dtype, session_len, max_batch_size)
         self._attach_kv_cache()
+        # the last launched step's sampled tokens [S] (device) and seq_id -> row: where pending tokens are
+        self._prev_tokens: torch.Tensor | None = None
+        self._prev_rows: dict[int, int] = {}
         self.graphs: DecodeCudaGraphs | None = None
         if self.device.type == "cuda" and not cfg.eager_mode:
             max_blocks = -(-session_len // self.block_size)
@@ -113,15 +109,12 @@ class ModelRunner:
                 self.kv.num_blocks, self.block_size, self.kv.num_kv_heads, self.device
             )
 
-    def _prepare(self, sched: SchedulerOutput) -> tuple[AttentionMetadata, torch.Tensor, torch.Tensor, list[int]]:
-        return StepInputs.from_scheduler_output(sched).to_device(self.device, self.block_size)
-
     @torch.inference_mode()
     def run_step(self, step: StepInputs, input_embeds: torch.Tensor | None = None) -> torch.Tensor | None:
         """Forward one step on this rank -> logits [S, V] of the sampling rows (None when none samples).
         Every tensor-parallel rank runs it with the same `step`: the layers' collectives pair up.
         `input_embeds` [T, H] replaces the embedding of the input ids (image/video features spliced in)."""
-        meta, input_ids, positions, last_index = step.to_device(self.device, self.block_size)
+        meta, input_ids, positions, last_index = step.to_device(self.device, self.block_size, self._prev_tokens)
         if input_embeds is None and self.graphs is not None and self.graphs.can_run(meta):
             hidden = self.graphs.run(input_ids, positions, meta)
         else:
@@ -132,26 +125,37 @@ class ModelRunner:
                     hidden = self.model(input_ids, positions, input_embeds)
         if not last_index:
             return None
-        return self.model.compute_logits(hidden[torch.tensor(last_index, device=self.device)])
+        return self.model.compute_logits(hidden[host_to_device(last_index, torch.int64, self.device)])
 
     def _vision_embeds(self, sched: SchedulerOutput, step: StepInputs) -> torch.Tensor | None:
         """The hook for images and videos: input embeddings with their vision features at their positions
         (worker/vision.py), or None when the step reaches no media."""
         if self.vision is None:
             return None
-        return self.vision.input_embeds(sched, step.input_ids, self.model)
+        embeds = self.vision.input_embeds(sched, step.input_ids, self.model)
+        if embeds is not None and step.deferred:  # those rows embedded placeholder ids: embed the real tokens
+            rows = host_to_device(step.deferred_rows, torch.int64, self.device)
+            tokens = self.model.embed_input_ids(self._prev_tokens.index_select(0, rows))
+            embeds.index_copy_(0, host_to_device(step.deferred, torch.int64, self.device), tokens.to(embeds.dtype))
+        return embeds
+
+    def execute(self, sched: SchedulerOutput, step: StepInputs | None = None) -> ModelRunnerOutput:
+        """Run `sched` (`step`: its inputs, when the executor already built them to send), sample, and wait."""
+        return self.launch(sched, step).get()
 
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput, step: StepInputs | None = None) -> ModelRunnerOutput:
-        """Run `sched` (`step`: its inputs, when the executor already built them to send) and sample."""
-        out = ModelRunnerOutput()
-        if sched.is_empty:
-            return out
-        step = step or StepInputs.from_scheduler_output(sched)
-        logits = self.run_step(step, self._vision_embeds(sched, step))
+    def launch(self, sched: SchedulerOutput, step: StepInputs | None = None) -> AsyncStepOutput:
+        """Queue `sched` on the device (forward, sampling, copy of the tokens to the host) without waiting.
+
+        A sequence's pending token (sampled by the previous launch) is read from that launch's tokens.
+        """
         samplers = [item.seq for item in sched.scheduled if item.samples]
+        if sched.is_empty:
+            return AsyncStepOutput.done(ModelRunnerOutput())
+        step = step or StepInputs.from_scheduler_output(sched, self._prev_rows)
+        logits = self.run_step(step, self._vision_embeds(sched, step))
         if logits is None or not samplers:
-            return out
+            return AsyncStepOutput.done(ModelRunnerOutput())
         if self.grammar is not None:
             self.grammar.mask_logits(logits, samplers)
         batch = SamplingBatch.build(
@@ -159,19 +163,16 @@ class ModelRunner:
             [s.output_token_ids for s in samplers],
             [s.prompt_token_ids for s in samplers],
             self.device,
+            num_output_tokens=[s.num_output_tokens + s.num_pending_tokens for s in samplers],
         )
         result = self.sampler(logits, batch)
-        tokens = result.token_ids.tolist()
-        for seq, token in zip(samplers, tokens, strict=True):
-            out.sampled[seq.seq_id] = token
-        if result.logprobs is not None:
-            chosen = result.logprobs.tolist()
-            top_ids = result.top_logprob_ids.tolist() if result.top_logprob_ids is not None else None
-            top_lps = result.top_logprobs.tolist() if result.top_logprobs is not None else None
-            for row, seq in enumerate(samplers):
-                n = seq.params.logprobs
-                if n is None:
-                    continue
-                top = list(zip(top_ids[row][:n], top_lps[row][:n], strict=True)) if top_ids and n else []
-                out.logprobs[seq.seq_id] = TokenLogprobs(chosen[row], top)
-        return out
+        self._prev_tokens = result.token_ids
+        self._prev_rows = {seq.seq_id: row for row, seq in enumerate(samplers)}
+        return AsyncStepOutput.start(
+            [s.seq_id for s in samplers],
+            [s.params.logprobs for s in samplers],
+            result.token_ids,
+            result.logprobs,
+            result.top_logprob_ids,
+            result.top_logprobs,
+        )

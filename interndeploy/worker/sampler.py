@@ -27,6 +27,8 @@ import torch
 
 from interndeploy.engine.sampling_params import SamplingParams
 
+from .step_inputs import host_to_device
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -46,8 +48,9 @@ def derive_seed(seed: int, step: int) -> int:
     return _splitmix64(_splitmix64(seed & _MASK64) + step) >> 1
 
 
-def _banned_ids(p: SamplingParams, output: list[int]) -> set[int]:
-    step = len(output)
+def _banned_ids(p: SamplingParams, output: list[int], step: int) -> set[int]:
+    """Tokens banned at output position `step` (>= len(output) when the last tokens are still on the device:
+    then only bans that need no token content apply; the engine keeps such rows in step otherwise)."""
     banned: set[int] = set()
     if step < p.min_new_tokens and not p.ignore_eos:
         banned.update(p.stop_token_ids)
@@ -56,7 +59,7 @@ def _banned_ids(p: SamplingParams, output: list[int]) -> set[int]:
         if n < 0 or n > step:
             continue
         # Only the output counts: a bad word is one the model would produce, not one straddling the prompt.
-        if n == 0 or list(output[step - n :]) == list(word[:-1]):
+        if n == 0 or (len(output) == step and list(output[step - n :]) == list(word[:-1])):
             banned.add(word[-1])
     return {t for t in banned if t >= 0}
 
@@ -70,7 +73,8 @@ def _row_token_pairs(
     pairs = np.empty((2, sum(lengths)), dtype=np.int64)
     pairs[0] = np.repeat(np.asarray(rows, dtype=np.int64), lengths)
     np.concatenate([np.asarray(c, dtype=np.int64) for c in chunks], out=pairs[1])
-    return torch.from_numpy(pairs).to(device)
+    host = torch.from_numpy(pairs)
+    return host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host.to(device)
 
 
 @dataclass(slots=True)
@@ -107,14 +111,20 @@ class SamplingBatch:
         output_token_ids: list[list[int]],
         prompt_token_ids: Sequence[Sequence[int] | np.ndarray],
         device: torch.device,
+        num_output_tokens: list[int] | None = None,
     ) -> SamplingBatch:
-        """Host-side build; one host-to-device copy per tensor field.
+        """Host-side build; one non-blocking host-to-device copy per tensor field.
 
         Prompts may be int64 numpy arrays (kept by the caller across steps), which makes the
-        repetition-penalty token list a memcpy instead of a per-int conversion.
+        repetition-penalty token list a memcpy instead of a per-int conversion. `num_output_tokens`
+        (default: the lengths of `output_token_ids`) counts tokens the host lists do not have yet (async
+        scheduling): the step index of seeds and min_new_tokens; rows needing the tokens themselves
+        (penalties, multi-token bad words) must be complete.
         """
         if not len(params) == len(output_token_ids) == len(prompt_token_ids):
             raise ValueError("params, output_token_ids and prompt_token_ids must have one entry per row")
+        if num_output_tokens is None:
+            num_output_tokens = [len(out) for out in output_token_ids]
         floats: list[list[float]] = [[], [], [], [], [], []]
         temps, top_ps, min_ps, reps, pres, freqs = floats
         top_ks: list[int] = []
@@ -133,8 +143,8 @@ class SamplingBatch:
         max_logprobs: int | None = None
         any_top_k = any_top_p = any_min_p = False
 
-        for i, (p, out, prompt) in enumerate(zip(params, output_token_ids, prompt_token_ids, strict=True)):
-            step = len(out)
+        rows = zip(params, output_token_ids, prompt_token_ids, num_output_tokens, strict=True)
+        for i, (p, out, prompt, step) in enumerate(rows):
             seeds.append(p.seed)
             steps.append(step)
             temps.append(p.temperature)
@@ -153,7 +163,7 @@ class SamplingBatch:
                 any_min_p |= p.min_p > 0.0
             if p.logprobs is not None:
                 max_logprobs = max(max_logprobs or 0, p.logprobs)
-            banned = _banned_ids(p, out)
+            banned = _banned_ids(p, out, step)
             ban_rows.extend([i] * len(banned))
             ban_toks.extend(banned)
             if p.repetition_penalty != 1.0:
@@ -168,8 +178,11 @@ class SamplingBatch:
 
         B = len(params)
         # One host-to-device copy for all float parameters; the fields are views of it.
-        packed = torch.tensor(floats, dtype=torch.float32, device=device).reshape(6, B)
-        long = dict(dtype=torch.int64, device=device)
+        packed = host_to_device(floats, torch.float32, device).reshape(6, B)
+
+        def longs(values: list) -> torch.Tensor:
+            return host_to_device(values, torch.int64, device)
+
         return cls(
             temperature=packed[0],
             top_p=packed[1],
@@ -177,13 +190,13 @@ class SamplingBatch:
             repetition_penalty=packed[3],
             presence_penalty=packed[4],
             frequency_penalty=packed[5],
-            top_k=torch.tensor(top_ks, **long),
+            top_k=longs(top_ks),
             seeds=seeds,
             steps=steps,
-            ban_ids=torch.tensor([ban_rows, ban_toks], **long) if ban_rows else None,
+            ban_ids=longs([ban_rows, ban_toks]) if ban_rows else None,
             repetition_ids=_row_token_pairs(rep_rows, rep_lens, rep_chunks, device) if sum(rep_lens) else None,
             output_ids=_row_token_pairs(cnt_rows, cnt_lens, cnt_chunks, device) if sum(cnt_lens) else None,
-            random_rows=torch.tensor(random_rows, **long) if 0 < len(random_rows) < B else None,
+            random_rows=longs(random_rows) if 0 < len(random_rows) < B else None,
             seeded=seeded,
             max_logprobs=max_logprobs,
             all_greedy=not random_rows,

@@ -7,15 +7,20 @@ tensor-parallel ranks as one int64 message, turned into device tensors by every 
     block_tables [B, W] cache block ids (padded with 0)
     last_index   [S]  flattened index of the last token of each sequence that samples this step
 
+    deferred     [D]  flattened indices of input ids the host does not have yet (async scheduling): each is
+                      the token the previous step sampled for that sequence, row deferred_rows[d] of its
+                      sampled-token tensor, copied on the device (no host round trip before the launch)
+
 Positions and cache slots follow from those (token j of a sequence sits at seq_len - query_len + j, in
 slot table[pos // block_size] * block_size + pos % block_size), so they are not sent.
 
 Message layout: [T, B, W, S, input_ids..., seq_lens..., query_lens..., tables (row-major)..., last_index...]
+(tensor-parallel steps are never built with deferred ids: only a single-rank engine schedules asynchronously)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,24 +36,40 @@ class StepInputs:
     block_tables: list[list[int]]  # [B][W] cache block ids, padded with 0
     last_index: list[int]  # [S] flattened index of each sampling sequence's last token
     dummy: bool = False  # a DP engine's filler step: writes no cache slot, its output is dropped
+    deferred: list[int] = field(default_factory=list)  # [D] indices into input_ids (placeholders 0 there)
+    deferred_rows: list[int] = field(default_factory=list)  # [D] rows of the previous step's sampled tokens
 
     @classmethod
-    def from_scheduler_output(cls, sched: SchedulerOutput) -> StepInputs:
+    def from_scheduler_output(cls, sched: SchedulerOutput, prev_rows: dict[int, int] | None = None) -> StepInputs:
+        """`prev_rows` maps seq_id -> row of the previous step's sampled tokens: where a pending token is."""
         input_ids: list[int] = []
         seq_lens: list[int] = []
         query_lens: list[int] = []
         last_index: list[int] = []
+        deferred: list[int] = []
+        deferred_rows: list[int] = []
         for item in sched.scheduled:
             seq = item.seq
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + item.num_new_tokens
+            known = len(seq.token_ids)
             input_ids.extend(seq.token_ids[start:end])
+            for _ in range(max(start, known), end):  # sampled by the previous step, still on the device
+                row = (prev_rows or {}).get(seq.seq_id)
+                if row is None:
+                    raise RuntimeError(
+                        f"sequence {seq.seq_id} has a pending token that the previous step did not "
+                        "sample; the engine must read a step's tokens before the next-but-one"
+                    )
+                deferred.append(len(input_ids))
+                deferred_rows.append(row)
+                input_ids.append(0)
             seq_lens.append(end)
             query_lens.append(end - start)
             if item.samples:
                 last_index.append(len(input_ids) - 1)
         width = max(len(item.seq.block_table) for item in sched.scheduled)
         tables = [item.seq.block_table + [0] * (width - len(item.seq.block_table)) for item in sched.scheduled]
-        return cls(input_ids, seq_lens, query_lens, tables, last_index)
+        return cls(input_ids, seq_lens, query_lens, tables, last_index, deferred=deferred, deferred_rows=deferred_rows)
 
     @classmethod
     def make_dummy(cls) -> StepInputs:
@@ -57,6 +78,8 @@ class StepInputs:
         return cls([0], [1], [1], [[0]], [], dummy=True)
 
     def pack(self) -> list[int]:
+        if self.deferred:
+            raise RuntimeError("a step with input ids still on the device cannot be sent to other ranks")
         width = len(self.block_tables[0]) if self.block_tables else 0
         head = [len(self.input_ids), len(self.seq_lens), width, len(self.last_index)]
         flat = [b for row in self.block_tables for b in row]
@@ -78,9 +101,10 @@ class StepInputs:
         return cls(ids, seq_lens, query_lens, tables, msg[pos : pos + s])
 
     def to_device(
-        self, device: torch.device, block_size: int
+        self, device: torch.device, block_size: int, prev_tokens: torch.Tensor | None = None
     ) -> tuple[AttentionMetadata, torch.Tensor, torch.Tensor, list[int]]:
-        """(attention metadata, input_ids [T], positions [T], last_index) on `device`."""
+        """(attention metadata, input_ids [T], positions [T], last_index) on `device`; the deferred input ids
+        are taken from `prev_tokens` [S'] (the previous step's sampled tokens, on `device`)."""
         positions: list[int] = []
         slots: list[int] = []
         token_seq_lens: list[int] = []
@@ -94,20 +118,31 @@ class StepInputs:
         if self.dummy:
             slots = [-1] * len(slots)
 
-        def tensor(x: list, dtype: torch.dtype) -> torch.Tensor:
-            t = torch.tensor(x, dtype=dtype, pin_memory=device.type == "cuda")
-            return t.to(device, non_blocking=True)
-
         meta = AttentionMetadata(
-            slot_mapping=tensor(slots, torch.int64),
-            query_start_loc=tensor(query_start, torch.int32),
-            seq_lens=tensor(self.seq_lens, torch.int32),
-            block_tables=tensor(self.block_tables, torch.int32),
-            token_seq_lens=tensor(token_seq_lens, torch.int64),
+            slot_mapping=host_to_device(slots, torch.int64, device),
+            query_start_loc=host_to_device(query_start, torch.int32, device),
+            seq_lens=host_to_device(self.seq_lens, torch.int32, device),
+            block_tables=host_to_device(self.block_tables, torch.int32, device),
+            token_seq_lens=host_to_device(token_seq_lens, torch.int64, device),
             query_lens_host=list(self.query_lens),
             seq_lens_host=list(self.seq_lens),
             max_query_len=max(self.query_lens),
             max_seq_len=max(self.seq_lens),
             is_decode_only=max(self.query_lens) == 1,
         )
-        return meta, tensor(self.input_ids, torch.int64), tensor(positions, torch.int64), self.last_index
+        input_ids = host_to_device(self.input_ids, torch.int64, device)
+        if self.deferred:
+            if prev_tokens is None:
+                raise RuntimeError("the step has deferred input ids but no previous sampled tokens were given")
+            rows = host_to_device(self.deferred_rows, torch.int64, device)
+            input_ids.index_copy_(
+                0, host_to_device(self.deferred, torch.int64, device), prev_tokens.index_select(0, rows)
+            )
+        return meta, input_ids, host_to_device(positions, torch.int64, device), self.last_index
+
+
+def host_to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A host list as a tensor on `device`, without waiting for the device: on CUDA it goes through pinned
+    memory with a non-blocking copy (a pageable copy would synchronise the stream)."""
+    t = torch.tensor(values, dtype=dtype, pin_memory=device.type == "cuda")
+    return t.to(device, non_blocking=True)

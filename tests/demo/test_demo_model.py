@@ -15,6 +15,7 @@ from interndeploy import GenerationConfig, pipeline
 from interndeploy.chat.builtin import INTERN_S1_TEMPLATE
 from interndeploy.demo import DEMO_NAME, corpus, demo_model_dir, evaluate
 from interndeploy.model_dir import load_model_info, resolve_model_path
+from interndeploy.testing.tiny_models import hf_reference_model
 from interndeploy.testing.tokenizers import INTERNLM2_SPECIALS, REASONING_TOKENS
 from interndeploy.tokenizer import Tokenizer
 
@@ -139,7 +140,7 @@ def test_held_out_names_and_numbers_never_occur_in_training():
 def test_llama_weights_round_trip_through_the_internlm2_layout(tmp_path: Path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from interndeploy.testing.tiny_models import hf_reference_model, internlm2_config, llama_to_internlm2
+    from interndeploy.testing.tiny_models import internlm2_config, llama_to_internlm2
 
     shape = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2)  # fmt: skip
@@ -165,3 +166,32 @@ def test_train_command_writes_a_loadable_model_dir(tmp_path: Path):
     with pipeline(str(out)) as pipe:
         assert pipe.engine.chat_template.family == "intern-s1"
         assert pipe("hi", gen_config=GenerationConfig(max_new_tokens=2)).generate_token_len == 2
+
+
+def test_train_continues_from_a_directory_with_its_tokenizer_and_weights(tmp_path: Path):
+    from interndeploy.demo import train
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    common = ["--device", "cpu", "--steps", "1", "--examples", "300", "--tokenizer-examples", "300",
+              "--batch-tokens", "2048", "--workers", "1", "--eval", "0"]  # fmt: skip
+    train.main(["--out", str(first), *common])
+    again = ["--init", str(first), "--seed", "1", "--lr", "0", "--families", "tool=1"]
+    train.main(["--out", str(second), *again, *common])
+    assert (second / "tokenizer.json").read_bytes() == (first / "tokenizer.json").read_bytes()
+    # lr 0: one step leaves the weights as they were
+    a, b = hf_reference_model(first), hf_reference_model(second)
+    x = torch.randint(0, a.config.vocab_size, (1, 12))
+    torch.testing.assert_close(a(x).logits, b(x).logits)
+
+
+def test_recipe_runs_the_shipped_steps_in_a_row(tmp_path: Path, monkeypatch):
+    from interndeploy.demo import train
+
+    runs = []
+    monkeypatch.setattr(train, "train", runs.append)
+    train.main(["--out", str(tmp_path), "--recipe", "--device", "cpu"])
+    assert [r.steps for r in runs] == [6251, 6520, 6218]
+    assert [r.init for r in runs] == [None, str(tmp_path), str(tmp_path)]
+    assert [r.seed for r in runs] == [0, 1, 2] and runs[2].families["tool"] == 75
+    with pytest.raises(SystemExit):
+        train.main(["--out", str(tmp_path), "--families", "tool"])
