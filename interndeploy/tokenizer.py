@@ -389,6 +389,10 @@ class Tokenizer:
             ids = [i for i in ids if 0 <= i < n]  # unknown ids decode to nothing, as in HF fast
         elif not spaces_between_special_tokens:
             return self._hf.backend_tokenizer.decode(list(ids), skip_special_tokens=False)
+        return self._join_runs(ids, spaces_between_special_tokens)
+
+    def _join_runs(self, ids: Sequence[int], spaces_between_special_tokens: bool) -> str:
+        """Added tokens as their text; the runs between them through `_decode_run`; joined by " " when asked."""
         parts: list[str] = []
         run: list[int] = []
         added = self._added

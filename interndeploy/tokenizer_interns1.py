@@ -341,20 +341,7 @@ class InternS1Tokenizer(Tokenizer):
         # As the base class: specials dropped first, text cut at added tokens and joined by " " when asked.
         if skip_special_tokens:
             ids = [i for i in ids if i not in self._special_ids]
-        parts: list[str] = []
-        run: list[int] = []
-        for i in ids:
-            a = self._added.get(i)
-            if a is None:
-                run.append(i)
-                continue
-            if run:
-                parts.append(self._decode_run(run))
-                run = []
-            parts.append(a.content)
-        if run:
-            parts.append(self._decode_run(run))
-        return (" " if spaces_between_special_tokens else "").join(parts)
+        return self._join_runs(ids, spaces_between_special_tokens)
 
     def _decode_run(self, ids: list[int]) -> str:
         raw = bytearray()
