@@ -25,7 +25,7 @@ class EngineConfig:
     node_rank: int = 0  # this node's index among them
     distributed_executor_backend: str | None = None  # uni | mp | ray; None: mp for tp > 1 on one node, else ray
     session_len: int | None = None  # max tokens (prompt + output) per sequence; None = model's max positions
-    max_batch_size: int | None = None  # max sequences per step; None = 128
+    max_batch_size: int | None = None  # sequences per step; None = by device as LMDeploy (1024 on H100/H200)
     cache_max_entry_count: float = 0.8  # <1: fraction of free memory for KV; >=1: number of blocks
     block_size: int = 64  # tokens per KV block (LMDeploy: cache_block_seq_len)
     cache_block_seq_len: int | None = None  # alias of block_size, wins when given
@@ -37,8 +37,8 @@ class EngineConfig:
     device: str | None = None  # cuda | cpu | None (cuda when available)
     eager_mode: bool = False  # no CUDA graphs for decode
     # schedule and launch step n+1 while the device runs step n (vLLM's async scheduling, SGLang's overlap
-    # schedule); None / False: off (opt-in until measured on a GPU; on the CPU the forward runs on the scheduling
-    # thread, so nothing overlaps there)
+    # schedule); None: on for a single-rank CUDA engine, off on the CPU (the forward runs on the scheduling
+    # thread there, so nothing overlaps)
     async_scheduling: bool | None = None
     load_format: str = "auto"  # auto: read the checkpoint; dummy: random weights at the config's shapes
     language_model_only: bool = False  # serve a multimodal checkpoint (Intern-S1, InternVL) as its language model

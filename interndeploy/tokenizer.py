@@ -157,6 +157,7 @@ class Tokenizer:
         self._hf = hf
         self._sp = sp
         self._added = added
+        self.added_token_ids = frozenset(added)
         self._special_ids = frozenset(special_ids)
         self._bos = bos
         self._eos = eos
@@ -390,6 +391,14 @@ class Tokenizer:
         elif not spaces_between_special_tokens:
             return self._hf.backend_tokenizer.decode(list(ids), skip_special_tokens=False)
         return self._join_runs(ids, spaces_between_special_tokens)
+
+    def decode_plain(self, ids: list[int]) -> str:
+        """`decode(ids, skip_special_tokens=False)` for ids none of which is an added token (the streaming
+        detokenizer's common case): no cut at added tokens, so no Python loop over the ids."""
+        if self._sp is not None:
+            n = self._vocab_size
+            ids = [i for i in ids if 0 <= i < n]
+        return self._decode_run(ids)
 
     def _join_runs(self, ids: Sequence[int], spaces_between_special_tokens: bool) -> str:
         """Added tokens as their text; the runs between them through `_decode_run`; joined by " " when asked."""

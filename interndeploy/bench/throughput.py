@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..config import EngineConfig, GenerationConfig
 from ..engine.async_engine import AsyncEngine
+from ..engine.llm_engine import EngineStats
 from .shapes import is_shape_name, param_bytes_read_per_token, shape_model_dir, weight_bytes_read_per_token
 from .stats import RequestTiming, summarize
 
@@ -61,9 +62,23 @@ def run_throughput(engine: AsyncEngine, dataset: RandomDataset, concurrency: int
     warm = RandomDataset(16, 4, 0.0, 2, seed=1).sample(vocab)
     asyncio.run(_run(engine, warm, None))
     work = dataset.sample(vocab)
+    before = replace(engine.engine.stats)
     t0 = time.perf_counter()
     timings = asyncio.run(_run(engine, work, concurrency))
-    return summarize(timings, time.perf_counter() - t0)
+    figures = summarize(timings, time.perf_counter() - t0)
+    return figures | engine_step_figures(before, engine.engine.stats)
+
+
+def engine_step_figures(before: EngineStats, after: EngineStats) -> dict[str, float]:
+    """Where the engine thread's time went between two snapshots: steps, ms per step, and the part of it spent
+    on the host (not waiting for the device's tokens); a high host share means the GPU waits for Python."""
+    steps = after.num_steps - before.num_steps
+    total = after.step_s - before.step_s
+    wait = after.device_wait_s - before.device_wait_s
+    if steps <= 0:
+        return {}
+    return {"engine_steps": steps, "step_ms_mean": total / steps * 1e3,
+            "host_ms_per_step": (total - wait) / steps * 1e3, "host_fraction": (total - wait) / total}
 
 
 def copy_bandwidth(device: torch.device) -> float:

@@ -11,11 +11,15 @@ stays responsive; only that thread touches the LLMEngine.
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import logging
+import os
 import queue
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from ..chat.templates import ChatTemplate
@@ -29,7 +33,42 @@ from .request import EngineRequest, RequestOutput, build_request
 logger = logging.getLogger("interndeploy")
 
 Messages = str | list[dict[str, Any]]
-Sink = Callable[[RequestOutput], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Sink:
+    """Where a request's outputs go: a queue read by a coroutine on `loop`."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+def _profiled(loop: Callable[[], None], path: str) -> None:
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        loop()
+    finally:
+        prof.disable()
+        prof.dump_stats(path)
+
+
+def _put_all(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
+    for q, out in items:
+        q.put_nowait(out)
+
+
+def _deliver(items: list[tuple[_Sink, RequestOutput]]) -> None:
+    """Hand outputs to their event loops from the engine thread: one wake-up per loop, not one per output
+    (a step of 500 sequences would otherwise write 500 times to the loop's self-pipe)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
+    for sink, out in items:
+        by_loop.setdefault(sink.loop, []).append((sink.queue, out))
+    for loop, batch in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, batch)
+        except RuntimeError:  # the caller's loop is gone; its generator's abort cleans up
+            pass
 
 # generation_config.json keys that set GenerationConfig defaults
 _GEN_KEYS = ("do_sample", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")
@@ -64,9 +103,15 @@ class AsyncEngine:
         self.default_gen_config = self._default_gen_config()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
-        self._sinks: dict[str, Sink] = {}
+        self._sinks: dict[str, _Sink] = {}
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="interndeploy-engine", daemon=True)
+        # INTERNDEPLOY_PROFILE_ENGINE=FILE: the engine thread runs under cProfile and writes its stats to FILE
+        # when it stops (`python -m pstats FILE`): where a step's host time goes under real load
+        target = self._loop
+        profile_to = os.environ.get("INTERNDEPLOY_PROFILE_ENGINE")
+        if profile_to:
+            target = partial(_profiled, self._loop, profile_to)
+        self._thread = threading.Thread(target=target, name="interndeploy-engine", daemon=True)
         self._thread.start()
 
     # ---- prompts --------------------------------------------------------------------------
@@ -182,16 +227,8 @@ class AsyncEngine:
     ) -> AsyncIterator[RequestOutput]:
         """Stream outputs of all n samples; leaving early (or cancellation) aborts the request."""
         req = self.make_request(prompt_ids, gen or self.default_gen_config, request_id, multimodal)
-        loop = asyncio.get_running_loop()
         q: asyncio.Queue[RequestOutput] = asyncio.Queue()
-
-        def sink(out: RequestOutput) -> None:
-            try:
-                loop.call_soon_threadsafe(q.put_nowait, out)
-            except RuntimeError:  # the caller's loop is gone; the abort below cleans up
-                pass
-
-        self._submit(("add", req, sink))
+        self._submit(("add", req, _Sink(asyncio.get_running_loop(), q)))
         remaining = req.n
         try:
             while remaining:
@@ -227,15 +264,13 @@ class AsyncEngine:
                     self.engine.add_request(payload)
                     self._sinks[payload.request_id] = sink
                 except Exception as e:  # a bad request must not stop the loop
-                    sink(RequestOutput(payload.request_id, 0, "", [], None, 0, 0, finished=True, error=str(e)))
+                    error = RequestOutput(payload.request_id, 0, "", [], None, 0, 0, finished=True, error=str(e))
+                    _deliver([(sink, error)])
             elif kind == "abort":
                 self._dispatch(self.engine.abort_request(payload))
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
-        for out in outputs:
-            sink = self._sinks.get(out.request_id)
-            if sink is not None:
-                sink(out)
+        _deliver([(self._sinks[out.request_id], out) for out in outputs if out.request_id in self._sinks])
         for out in outputs:  # after all outputs: a request's n samples may finish in one step
             if out.request_id not in self.engine.requests:
                 self._sinks.pop(out.request_id, None)

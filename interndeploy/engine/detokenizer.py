@@ -16,6 +16,10 @@ from ..tokenizer import Tokenizer
 __all__ = ["IncrementalDetokenizer"]
 
 _REPLACEMENT = "\ufffd"
+# A window this long has gone many tokens without visible text (ids the tokenizer does not know, a model
+# emitting garbage bytes): it is committed as if final, so each step's decode stays short. Real text closes
+# its window within a few tokens (a UTF-8 character is at most 4 byte tokens).
+_MAX_WINDOW = 32
 
 
 class IncrementalDetokenizer:
@@ -37,6 +41,8 @@ class IncrementalDetokenizer:
         self._skip = frozenset(tokenizer.all_special_ids) if skip_special_tokens else frozenset()
         # Decoded ids: the output without skipped specials (decode(skip=True) drops them up front too).
         self._ids: list[int] = []
+        self._added = tokenizer.added_token_ids
+        self._last_added = -1  # index in _ids of the last added token: windows after it decode the fast way
         self._prefix_offset = 0
         self._read_offset = 0
         # Chars of the current, not yet committed window delta already taken (text before a trailing U+FFFD).
@@ -59,9 +65,14 @@ class IncrementalDetokenizer:
             return ""
         before = len(self._ids)
         skip = self._skip
-        self._ids.extend(i for i in new_token_ids if i not in skip)
-        if len(self._ids) == before:
+        ids = self._ids
+        ids.extend(i for i in new_token_ids if i not in skip)
+        if len(ids) == before:
             return ""
+        added = self._added
+        for k in range(before, len(ids)):
+            if ids[k] in added:
+                self._last_added = k
         self._held += self._advance(final=False)
         return self._release(final=False)
 
@@ -74,7 +85,10 @@ class IncrementalDetokenizer:
         return self._release(final=True)
 
     # --- internals -------------------------------------------------------------------------------
-    def _decode(self, ids: list[int]) -> str:
+    def _decode(self, start: int, end: int) -> str:
+        ids = self._ids[start:end]
+        if start > self._last_added:
+            return self.tokenizer.decode_plain(ids)
         return self.tokenizer.decode(
             ids, skip_special_tokens=False, spaces_between_special_tokens=self.spaces_between_special_tokens
         )
@@ -83,8 +97,9 @@ class IncrementalDetokenizer:
         ids, p, r = self._ids, self._prefix_offset, self._read_offset
         if r == len(ids):
             return ""
-        prefix_text = self._decode(ids[p:r]) if r > p else ""
-        new_text = self._decode(ids[p:])
+        final = final or len(ids) - p > _MAX_WINDOW
+        prefix_text = self._decode(p, r) if r > p else ""
+        new_text = self._decode(p, len(ids))
         delta = new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""
         if delta.endswith(_REPLACEMENT) and not final:
             # Incomplete UTF-8 at the end: take what precedes it, keep the window open until it completes.

@@ -20,6 +20,8 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from ..config import EngineConfig
 from ..model_dir import ModelInfo
 from ..tokenizer import Tokenizer
@@ -27,6 +29,7 @@ from ..worker.async_output import AsyncStepOutput, TokenLogprobs
 from ..worker.executor import create_executor
 from ..worker.guided_decoding import GrammarBackend
 from ..worker.kv_cache import memory_report
+from ..worker.model_runner import pick_device
 from .block_manager import BlockManager
 from .detokenizer import IncrementalDetokenizer
 from .request import EngineRequest, RequestOutput
@@ -35,7 +38,18 @@ from .sequence import FinishReason, Sequence
 
 logger = logging.getLogger("interndeploy")
 
-DEFAULT_MAX_BATCH_SIZE = 128
+DEFAULT_MAX_BATCH_SIZE = 128  # CPU
+# LMDeploy's per-GPU defaults (lmdeploy/utils.py get_max_batch_size): big-memory GPUs batch more
+_GPU_MAX_BATCH_SIZE = (("h100", 1024), ("h200", 1024), ("h800", 1024), ("h20", 1024), ("b200", 1024),
+                       ("a100", 384), ("a800", 384))
+
+
+def default_max_batch_size(device: torch.device) -> int:
+    """`--max-batch-size` when not given: by GPU model as LMDeploy picks it, 256 on other GPUs, 128 on CPU."""
+    if device.type != "cuda":
+        return DEFAULT_MAX_BATCH_SIZE
+    name = torch.cuda.get_device_name(device).lower()
+    return next((size for key, size in _GPU_MAX_BATCH_SIZE if key in name), 256)
 
 
 @dataclass
@@ -69,6 +83,9 @@ class EngineStats:
     prompt_tokens: int = 0  # prompt tokens of admitted requests
     generated_tokens: int = 0  # tokens sampled
     num_preemptions: int = 0  # sequences sent back to the queue for lack of blocks
+    num_steps: int = 0  # step() calls that launched or completed work
+    step_s: float = 0.0  # time inside those calls
+    device_wait_s: float = 0.0  # of which waiting for the device's tokens (the rest is host work)
 
 
 class LLMEngine:
@@ -78,7 +95,7 @@ class LLMEngine:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.session_len = cfg.session_len or info.max_position_embeddings
-        self.max_batch_size = cfg.max_batch_size or DEFAULT_MAX_BATCH_SIZE
+        self.max_batch_size = cfg.max_batch_size or default_max_batch_size(pick_device(cfg.device))
         # the executor owns the ranks (1 in this process, or tp workers, or one of dp engines); rank 0's runner
         # lives here and holds what the engine asks about: KV spec, device, weights, grammar hook
         self.executor = create_executor(info, cfg, self.session_len, self.max_batch_size)
@@ -98,8 +115,9 @@ class LLMEngine:
         logger.info(memory_report(self.runner.weight_bytes, self.runner.kv, self.runner.device, note))
 
     def _want_async(self, cfg: EngineConfig) -> bool:
-        # opt-in until it has been measured on a GPU (greedy equality is tested on CPU; see the README)
-        want = bool(cfg.async_scheduling)
+        # default: on where the device runs apart from the host (CUDA); on the CPU the forward runs inside
+        # launch(), so reading a step's tokens one call late would only delay them
+        want = cfg.async_scheduling if cfg.async_scheduling is not None else self.runner.device.type == "cuda"
         if want and not self.executor.supports_async:
             logger.info("async scheduling needs a single-rank engine (--tp 1, no --dp/--ep); running steps in turn")
             want = False
@@ -145,6 +163,7 @@ class LLMEngine:
         return self._collect([state])
 
     def step(self) -> list[RequestOutput]:
+        t0 = time.perf_counter()
         touched: dict[int, _RequestState] = {}
         inflight, self._inflight = self._inflight, None
         if inflight is not None and any(s.needs_host_tokens for s in self._samplers(inflight.sched)):
@@ -167,7 +186,11 @@ class LLMEngine:
                 self._inflight = launched
             else:
                 self._complete(launched, touched)
-        return self._collect(list(touched.values()))
+        outputs = self._collect(list(touched.values()))
+        if launched is not None or inflight is not None:
+            self.stats.num_steps += 1
+            self.stats.step_s += time.perf_counter() - t0
+        return outputs
 
     @staticmethod
     def _samplers(sched: SchedulerOutput) -> list[Sequence]:
@@ -180,7 +203,9 @@ class LLMEngine:
 
     def _complete(self, step: _InflightStep, touched: dict[int, _RequestState]) -> None:
         """Read a launched step's tokens (waiting for the device) and apply them."""
+        t0 = time.perf_counter()
         result = step.output.get()
+        self.stats.device_wait_s += time.perf_counter() - t0
         self.scheduler.update(step.sched, result.sampled)
         self._postprocess(step.sched, result.sampled, result.logprobs)
         for item in step.sched.scheduled:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from interndeploy.distributed import tp_all_gather, tp_all_reduce
+from interndeploy.layers.linear import dense_linear
 from interndeploy.layers.weight_loader import tp_rank_and_size
 
 
@@ -47,7 +48,7 @@ class LMHead(VocabEmbedding):
     """hidden [N, H] -> logits [N, V] in fp32; the caller passes only the rows it needs logits for."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight)
+        logits = dense_linear(hidden, self.weight)
         if self.tp_size > 1:
             logits = tp_all_gather(logits)[:, : self.num_embeddings]
         return logits.float()

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from interndeploy.distributed import tp_all_reduce
+from interndeploy.kernels import gemv as gemv_kernel
+from interndeploy.kernels._triton import use_triton
 from interndeploy.layers.weight_loader import set_weight_attrs, tp_rank_and_size
 
 
@@ -45,7 +47,16 @@ class LinearMethod:
         """Repack loaded weights for the kernel (no-op when unquantized)."""
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return F.linear(x, layer.weight, bias)
+        return dense_linear(x, layer.weight, bias)
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight^T (+ bias): one row (a batch-1 decode step) through the Triton GEMV on a GPU, which streams
+    the weight faster than cuBLAS's split-K choices for narrow layers; everything else through F.linear."""
+    if use_triton(x) and gemv_kernel.supports(x, weight):
+        y = gemv_kernel.gemv(x, weight)
+        return y if bias is None else y + bias
+    return F.linear(x, weight, bias)
 
 
 LinearMethodFactory = Callable[["LinearBase"], "LinearMethod | None"]

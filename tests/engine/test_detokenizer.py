@@ -29,6 +29,14 @@ def tok(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     return Tokenizer.from_dir(d)
 
 
+def _counting(fn, lengths: list[int]):
+    def counted(ids_: list[int], *args: object, **kwargs: object) -> str:
+        lengths.append(len(ids_))
+        return fn(ids_, *args, **kwargs)
+
+    return counted
+
+
 def _stream(detok: IncrementalDetokenizer, ids: list[int], chunks: list[int] | None = None) -> list[str]:
     out, i = [], 0
     for n in chunks or [1] * len(ids):
@@ -146,8 +154,31 @@ def test_long_stream_is_incremental(tok: Tokenizer, monkeypatch: pytest.MonkeyPa
         return real_decode(ids_, *args, **kwargs)
 
     monkeypatch.setattr(tok, "decode", counting_decode)
+    monkeypatch.setattr(tok, "decode_plain", _counting(tok.decode_plain, decoded_lengths))
     detok = IncrementalDetokenizer(tok, stop_strings=["<never>"])
     text = "".join(_stream(detok, ids)) + detok.flush()
     monkeypatch.undo()
     assert text == tok.decode(ids)
     assert len(ids) > 1000 and max(decoded_lengths) <= 16
+
+
+def test_ids_past_the_vocab_keep_the_window_short(tok: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a model whose vocab is padded past the tokenizer's emits ids that decode to nothing: the window must not
+    # grow with them (each step's decode would then cost the whole output so far)
+    real = tok.encode("hello world, the answer is 42.", add_bos=False)
+    unknown = [tok.vocab_size + 1000 + k for k in range(300)]
+    ids = real[:3] + unknown + real[3:]
+    decoded_lengths: list[int] = []
+    real_decode = tok.decode
+
+    def counting_decode(ids_: list[int], *args: object, **kwargs: object) -> str:
+        decoded_lengths.append(len(ids_))
+        return real_decode(ids_, *args, **kwargs)
+
+    monkeypatch.setattr(tok, "decode", counting_decode)
+    monkeypatch.setattr(tok, "decode_plain", _counting(tok.decode_plain, decoded_lengths))
+    detok = IncrementalDetokenizer(tok)
+    text = "".join(_stream(detok, ids)) + detok.flush()
+    monkeypatch.undo()
+    assert max(decoded_lengths) <= 40
+    assert text.replace(" ", "") == tok.decode(ids).replace(" ", "")  # a space at the seam may go

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from interndeploy.kernels import reference_awq
-from interndeploy.kernels.awq_gemm import GEMV_MAX_M, awq_gemm, supports
+from interndeploy.kernels.awq_gemm import GEMV_MAX_M, AwqLaunch, awq_gemm, supports
 
 pytestmark = pytest.mark.gpu
 
@@ -80,3 +80,26 @@ def test_layer_on_cuda_uses_kernel(cuda: str) -> None:
     out = layer(x.to(cuda, torch.float16))
     assert out.shape == (2, 3, 512)
     assert float((out.float().cpu() - ref).norm() / ref.norm()) < 2e-3
+
+
+@pytest.mark.parametrize("m", [1, 3])
+@pytest.mark.parametrize("k, n, group", [(128, 256, 128), (256, 264, 32), (4096, 512, 128), (14336, 1024, 128)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    "launch",
+    [AwqLaunch("nibble", 1, 64, 32, 4, 2), AwqLaunch("nibble", 1, 256, 128, 8, 3, splits=4),
+     AwqLaunch("nibble", 1, 512, 64, 4, 4, splits=1), AwqLaunch("gemv", 1, 128, 32, 4, 2, splits=2),
+     AwqLaunch("gemm", 16, 64, 32, 4, 3, splits=8)],
+    ids=str,
+)
+def test_every_launch_kind_matches_twin(
+    device: str, m: int, k: int, n: int, group: int, dtype: torch.dtype, launch: AwqLaunch
+) -> None:
+    if device == "cpu" and dtype == torch.bfloat16 and launch.kind == "gemm":
+        pytest.skip("Triton's interpreter mis-reads bf16 tl.dot operands")
+    if group % launch.block_k:
+        launch = AwqLaunch(launch.kind, launch.block_m, launch.block_n, group, launch.num_warps, launch.num_stages,
+                           launch.splits)
+    qw, s, qz = _weights(k, n, group, dtype, device, seed=k + n)
+    x = torch.randn(m, k, dtype=dtype, device=device)
+    _check(awq_gemm(x, qw, s, qz, launch), x, qw, s, qz)
