@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -15,4 +16,5 @@ def setup_logging(level: str | int = "INFO") -> logging.Logger:
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(level.upper() if isinstance(level, str) else level)
+    os.environ["INTERNDEPLOY_LOG_LEVEL"] = logging.getLevelName(logger.level)  # worker processes log alike
     return logger

@@ -88,6 +88,30 @@ def profile_bs(eng: LLMEngine, vocab: int, bs: int, steps: int, async_on: bool) 
             "host_profile": buf.getvalue().splitlines()[:40]}
 
 
+def profile_prefill(eng: LLMEngine, vocab: int, num: int, length: int) -> dict:
+    """`num` prompts of `length` tokens, one output token each: all steps until done, kernels per step."""
+    def submit(tag: str) -> None:
+        gen = torch.Generator().manual_seed(1)
+        for i in range(num):
+            ids = torch.randint(10, vocab, (length,), generator=gen).tolist()
+            eng.add_request(EngineRequest(f"{tag}-{i}", ids, SamplingParams(max_new_tokens=1, ignore_eos=True)))
+
+    submit("prefill-warm")
+    _drain(eng)
+    submit("prefill")
+    _sync()
+    t, steps = time.perf_counter(), 0
+    with profile(activities=[ProfilerActivity.CUDA if torch.cuda.is_available() else ProfilerActivity.CPU]) as prof:
+        while eng.has_work:
+            eng.step()
+            steps += 1
+        _sync()
+    wall = time.perf_counter() - t
+    gpu, top = _kernel_table(prof, steps)
+    return {"case": f"prefill {num}x{length}", "steps": steps, "wall_ms": wall * 1e3, "gpu_ms_per_step": gpu,
+            "prompt_tok_per_s": num * length / wall, "top_kernels_ms": top}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("shape")
@@ -95,6 +119,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--eager-mode", action="store_true")
     ap.add_argument("--max-batch-size", type=int, default=256)
+    ap.add_argument("--prefill", type=int, nargs=2, metavar=("NUM", "LEN"), default=None,
+                    help="profile prefill of NUM prompts of LEN tokens instead of decode")
     args = ap.parse_args()
     cfg = EngineConfig(load_format="dummy", eager_mode=args.eager_mode, max_batch_size=args.max_batch_size,
                        session_len=4096)
@@ -103,6 +129,9 @@ def main() -> None:
     eng = LLMEngine(info, cfg, Tokenizer.from_dir(info.path))
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(json.dumps({"shape": args.shape, "gpu": gpu, "start_s": time.perf_counter() - t}), flush=True)
+    if args.prefill:
+        print(json.dumps(profile_prefill(eng, int(info.config["vocab_size"]), *args.prefill)), flush=True)
+        return
     for bs in args.bs:
         for async_on in (False, True):
             res = profile_bs(eng, int(info.config["vocab_size"]), bs, args.steps, async_on)

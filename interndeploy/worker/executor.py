@@ -103,6 +103,9 @@ def run_worker(
 
 
 def _mp_worker_main(*args: Any) -> None:
+    from ..logger import setup_logging
+
+    setup_logging(os.environ.get("INTERNDEPLOY_LOG_LEVEL", "WARNING"))
     parent = os.getppid()
     if os.environ.get("INTERNDEPLOY_HANG_DUMP_S"):  # debugging a stuck rank: print its stacks periodically
         import faulthandler

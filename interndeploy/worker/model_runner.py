@@ -8,6 +8,7 @@ take a sequence's pending token from it on the device (async scheduling).
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -61,6 +62,7 @@ class ModelRunner:
         self.dtype = pick_dtype(cfg.dtype, info.config, self.device)
         model_cls = get_model_class(info.config.get("architectures") or [])
         self.weight_format = resolve_weight_format(info.config, cfg.model_format, info.path, cfg.load_format == "dummy")
+        t0 = time.perf_counter()
         prev_dtype = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
         try:
@@ -73,6 +75,8 @@ class ModelRunner:
         else:
             load_weights(self.model, info.path, self.dtype, info.weight_prefixes)
         self.model.eval()
+        logger.info("model built and %s weights in %.1f s on %s", "random" if cfg.load_format == "dummy" else "loaded",
+                    time.perf_counter() - t0, self.device)
         for module in self.model.modules():  # session_len may exceed max_position_embeddings
             if isinstance(module, RotaryEmbedding):
                 module.reserve_positions(session_len)
@@ -93,8 +97,10 @@ class ModelRunner:
         self.graphs: DecodeCudaGraphs | None = None
         if self.device.type == "cuda" and not cfg.eager_mode:
             max_blocks = -(-session_len // self.block_size)
+            t0 = time.perf_counter()
             self.graphs = DecodeCudaGraphs(self.model, max_batch_size, max_blocks, self.block_size, self.device)
             self.graphs.capture()
+            logger.info("decode CUDA graphs captured in %.1f s", time.perf_counter() - t0)
 
     @property
     def num_blocks(self) -> int:
