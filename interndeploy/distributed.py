@@ -30,6 +30,7 @@ import logging
 import os
 import socket
 import struct
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -218,16 +219,31 @@ def init_distributed(
     return _STATE
 
 
+_DESTROY_TIMEOUT_S = 10.0
+
+
 def destroy_distributed() -> None:
     global _STATE
     if _STATE is None:
         return
     _STATE = None
-    if dist.is_initialized():
+    if not dist.is_initialized():
+        return
+
+    def destroy() -> None:
         try:
             dist.destroy_process_group()
         except Exception:  # a peer already gone: nothing left to tear down cleanly
             logger.debug("destroy_process_group failed", exc_info=True)
+
+    # NCCL's teardown can block for good (a peer gone first, work captured in CUDA graphs): bounded, since the
+    # process is leaving and its exit frees the communicators anyway
+    worker = threading.Thread(target=destroy, name="interndeploy-destroy-pg", daemon=True)
+    worker.start()
+    worker.join(timeout=_DESTROY_TIMEOUT_S)
+    if worker.is_alive():
+        logger.warning("the process group did not shut down within %.0f s; leaving it to the process exit",
+                       _DESTROY_TIMEOUT_S)
 
 
 # ---- control messages: int64 tensors over the gloo group ---------------------------------------------------

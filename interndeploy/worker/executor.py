@@ -98,6 +98,7 @@ def run_worker(
             if msg is None:
                 break
             runner.run_step(StepInputs.unpack(msg))
+        runner.close()
     finally:
         distributed.destroy_distributed()
 
@@ -227,6 +228,7 @@ class TPExecutor(Executor):
         except Exception:  # a worker already gone
             logger.debug("shutdown broadcast failed", exc_info=True)
         self._stop_workers()
+        self.runner.close()
         distributed.destroy_distributed()
         if getattr(self, "_threads", None):
             torch.set_num_threads(self._threads)

@@ -102,6 +102,13 @@ class ModelRunner:
             self.graphs.capture()
             logger.info("decode CUDA graphs captured in %.1f s", time.perf_counter() - t0)
 
+    def close(self) -> None:
+        """Drop the decode CUDA graphs (and the collectives captured in them) once the device is idle:
+        before the process group goes, so NCCL's teardown finds no captured work."""
+        if self.graphs is not None:
+            torch.cuda.synchronize(self.device)
+            self.graphs = None
+
     @property
     def num_blocks(self) -> int:
         return self.kv.num_blocks
