@@ -1,4 +1,5 @@
-"""Batch-1 linear on 16-bit weights: y [1, N] = x [1, K] @ W^T, W [N, K] row-major (twin: torch's F.linear).
+"""Batch-1 linear: y [1, N] = x [1, K] @ W^T, W [N, K] row-major, 16-bit (twin: torch's F.linear) or FP8 with
+block scales (W8A16; twin: F.linear on reference_fp8.block_dequant).
 
 A decode step of one sequence reads every weight once and does two flops per weight, so its linears are
 bandwidth-bound matrix-vector products. cuBLAS picks split-K algorithms with a separate reduce kernel for the
@@ -42,29 +43,42 @@ def pick_config(n: int, k: int) -> GemvConfig:
 def _gemv_kernel(
     x_ptr,
     w_ptr,
+    s_ptr,
     out_ptr,
     N,
     K,
     stride_wn,
+    stride_sn,
+    stride_sk,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    SCALE_BN: tl.constexpr,
+    SCALE_BK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
+    # FP8 block scales: BLOCK_N divides SCALE_BN, so a program's rows share one row of scales, and the scale
+    # of weight (n, k) folds into x[k]: one [BLOCK_K] multiply per tile instead of one per weight
+    s_row = s_ptr + ((pid * BLOCK_N) // SCALE_BN) * stride_sn
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         if EVEN_K:
-            x = tl.load(x_ptr + offs_k)
+            x = tl.load(x_ptr + offs_k).to(tl.float32)
             w = tl.load(rows + offs_k[None, :], mask=mask_n[:, None], other=0.0)
+            if HAS_SCALE:
+                x = x * tl.load(s_row + (offs_k // SCALE_BK) * stride_sk)
         else:
             mask_k = offs_k < K
-            x = tl.load(x_ptr + offs_k, mask=mask_k, other=0.0)
+            x = tl.load(x_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
             w = tl.load(rows + offs_k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+            if HAS_SCALE:
+                x = x * tl.load(s_row + (offs_k // SCALE_BK) * stride_sk, mask=mask_k, other=0.0)
+        acc += w.to(tl.float32) * x[None, :]
     out = tl.sum(acc, axis=1)
     tl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
 
@@ -86,13 +100,50 @@ def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def gemv(x: torch.Tensor, weight: torch.Tensor, config: GemvConfig | None = None) -> torch.Tensor:
     """x [1, K] @ weight[N, K]^T -> [1, N] in x's dtype (fp32 accumulation)."""
     check(supports(x, weight), f"gemv takes x [1, K] and a row-major 16-bit weight, got {tuple(x.shape)}")
+    return _launch(x, weight, None, (1, 1), config)
+
+
+def supports_fp8_block(x: torch.Tensor, weight: torch.Tensor, block: tuple[int, int]) -> bool:
+    """One 16-bit row against a row-major FP8 weight with [bn, bk] block scales whose bn the row tiles divide."""
+    return (
+        x.is_cuda
+        and x.dim() == 2
+        and x.shape[0] == 1
+        and x.dtype in (torch.float16, torch.bfloat16)
+        and x.stride(1) == 1
+        and weight.dtype == torch.float8_e4m3fn
+        and weight.dim() == 2
+        and weight.stride(1) == 1
+        and block[0] % 16 == 0
+    )
+
+
+def gemv_fp8_block(
+    x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int],
+    config: GemvConfig | None = None,
+) -> torch.Tensor:
+    """x [1, K] @ (weight [N, K] FP8 * scale_inv[n // bn, k // bk])^T -> [1, N] in x's dtype: W8A16, the
+    activations stay 16-bit (a batch-1 step reads half the bytes of bf16 and quantizes nothing)."""
+    check(supports_fp8_block(x, weight, block), f"gemv_fp8_block takes x [1, K] and an FP8 weight, got {x.shape}")
     n, k = weight.shape
-    config = config or pick_config(n, k)
+    check(scale_inv.shape == (cdiv(n, block[0]), cdiv(k, block[1])), f"scales {tuple(scale_inv.shape)} for {n}x{k}")
+    return _launch(x, weight, scale_inv, block, config)
+
+
+def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, block: tuple[int, int],
+            config: GemvConfig | None) -> torch.Tensor:
+    n, k = weight.shape
     check(x.shape[1] == k, f"x has {x.shape[1]} columns, weight {k}")
+    config = config or pick_config(n, k)
+    if scale is not None:
+        check(block[0] % config.block_n == 0, f"BLOCK_N {config.block_n} must divide the scale block {block[0]}")
     out = torch.empty(1, n, dtype=x.dtype, device=x.device)
+    s = scale if scale is not None else weight  # never read without HAS_SCALE
     _gemv_kernel[(cdiv(n, config.block_n),)](
-        x, weight, out, n, k, weight.stride(0),
+        x, weight, s, out, n, k, weight.stride(0),
+        s.stride(0) if scale is not None else 0, s.stride(1) if scale is not None else 0,
         BLOCK_N=config.block_n, BLOCK_K=config.block_k, EVEN_K=k % config.block_k == 0,
+        HAS_SCALE=scale is not None, SCALE_BN=block[0], SCALE_BK=block[1],
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return out

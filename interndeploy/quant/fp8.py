@@ -145,6 +145,11 @@ class Fp8LinearMethod(LinearMethod):
         if layer.weight.dtype != FP8_DTYPE:  # dequantized at load
             return F.linear(x, layer.weight, bias)
         if use_triton(x):
+            from interndeploy.kernels import gemv
+
+            if gemv.supports_fp8_block(x, layer.weight, self.block):  # batch-1 decode: W8A16, nothing quantized
+                y = gemv.gemv_fp8_block(x, layer.weight, layer.weight_scale_inv, self.block)
+                return y if bias is None else y + bias
             from interndeploy.kernels.fp8_gemm import fp8_block_linear
         else:
             fp8_block_linear = reference_fp8.fp8_block_linear

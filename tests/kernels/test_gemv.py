@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from interndeploy.kernels.gemv import GemvConfig, gemv, supports
+from interndeploy.kernels.gemv import GemvConfig, gemv, gemv_fp8_block, supports, supports_fp8_block
+from interndeploy.kernels.reference_fp8 import block_dequant
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -30,3 +31,20 @@ def test_supports_only_one_row_of_matching_dtype() -> None:
     assert not supports(torch.randn(2, 16, device="cuda", dtype=torch.bfloat16), w)
     assert not supports(torch.randn(1, 16, device="cuda", dtype=torch.float32), w)
     assert not supports(torch.randn(1, 16, device="cuda", dtype=torch.bfloat16), w.t())
+
+
+@pytest.mark.parametrize(("k", "n"), [(4096, 6144), (14336, 4096), (1000, 200), (256, 384)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fp8_block_gemv_matches_dequantized_linear(k: int, n: int, dtype: torch.dtype) -> None:
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 needs compute capability 8.9+")
+    block = (128, 128)
+    g = torch.Generator(device="cuda").manual_seed(n)
+    w = (torch.randn(n, k, device="cuda", generator=g) * 0.5).to(torch.float8_e4m3fn)
+    scale = torch.rand(-(-n // 128), -(-k // 128), device="cuda", generator=g) * 0.01 + 1e-3
+    x = torch.randn(1, k, device="cuda", dtype=dtype, generator=g)
+    assert supports_fp8_block(x, w, block)
+    out = gemv_fp8_block(x, w, scale, block)
+    ref = x.float() @ block_dequant(w, scale, block).T
+    assert out.dtype == dtype and out.shape == (1, n)
+    assert float((out.float() - ref).norm() / ref.norm()) < 5e-3
