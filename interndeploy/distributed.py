@@ -84,6 +84,13 @@ def ep_tokens_replicated() -> bool:
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
+def tp_broadcast(x: torch.Tensor) -> torch.Tensor:
+    """Tensor-parallel rank 0's `x` on every rank, in place, in stream order (rank 0's sampled tokens: the
+    other ranks read a step's pending input ids from them, on the device)."""
+    dist.broadcast(x, src=0)
+    return x
+
+
 def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
     """Sum over the tensor-parallel ranks, in place (the partial sums of a row-parallel layer)."""
     dist.all_reduce(x)

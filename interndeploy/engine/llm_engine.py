@@ -117,9 +117,11 @@ class LLMEngine:
     def _want_async(self, cfg: EngineConfig) -> bool:
         # default: on where the device runs apart from the host (CUDA); on the CPU the forward runs inside
         # launch(), so reading a step's tokens one call late would only delay them
-        want = cfg.async_scheduling if cfg.async_scheduling is not None else self.runner.device.type == "cuda"
+        if cfg.async_scheduling is None:
+            return self.runner.device.type == "cuda" and self.executor.async_default
+        want = cfg.async_scheduling
         if want and not self.executor.supports_async:
-            logger.info("async scheduling needs a single-rank engine (--tp 1, no --dp/--ep); running steps in turn")
+            logger.info("async scheduling is not available with --dp; running steps in turn")
             want = False
         return want
 

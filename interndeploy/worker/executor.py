@@ -42,6 +42,7 @@ class Executor:
     runner: ModelRunner  # rank 0's runner, in this process (weights, KV spec, sampler, device)
     always_step: bool = False  # the engine must call execute() every iteration, even with nothing scheduled
     supports_async: bool = False  # launch() returns before the step ends, and a step may read pending tokens
+    async_default: bool = False  # async scheduling when not asked either way (on a GPU)
 
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
         raise NotImplementedError
@@ -59,6 +60,7 @@ class UniExecutor(Executor):
         self.runner = ModelRunner(info, cfg, session_len, max_batch_size)
 
     supports_async = True
+    async_default = True
 
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
         return self.runner.execute(sched)
@@ -97,7 +99,10 @@ def run_worker(
             msg = distributed.broadcast_ints(None)
             if msg is None:
                 break
-            runner.run_step(StepInputs.unpack(msg))
+            step = StepInputs.unpack(msg)
+            runner.run_step(step)
+            if step.last_index:  # rank 0 sampled: its tokens are the next step's pending input ids
+                runner.receive_sampled(len(step.last_index))
         runner.close()
     finally:
         distributed.destroy_distributed()
@@ -202,12 +207,21 @@ class TPExecutor(Executor):
 
     # ---- steps ---------------------------------------------------------------------------------------------
 
+    # async scheduling works across ranks (each holds rank 0's sampled tokens), but stays opt-in for tp > 1
+    # until it has been measured on GPUs
+    supports_async = True
+
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        return self.launch(sched).get()
+
+    def launch(self, sched: SchedulerOutput) -> AsyncStepOutput:
         if self._closed:
             raise RuntimeError("the engine's tensor-parallel workers are shut down")
-        step = StepInputs.from_scheduler_output(sched)
+        if sched.is_empty:
+            return AsyncStepOutput.done(ModelRunnerOutput())
+        step = StepInputs.from_scheduler_output(sched, self.runner._prev_rows)
         distributed.broadcast_ints(step.pack())
-        return self.runner.execute(sched, step)
+        return self.runner.launch(sched, step)
 
     def _stop_workers(self) -> None:
         for proc in self._procs:

@@ -13,6 +13,7 @@ import time
 import torch
 
 from ..config import EngineConfig
+from ..distributed import tp_broadcast, tp_rank_and_size
 from ..engine.scheduler import SchedulerOutput
 from ..layers.attention import Attention
 from ..layers.rotary import RotaryEmbedding
@@ -102,6 +103,11 @@ class ModelRunner:
             self.graphs.capture()
             logger.info("decode CUDA graphs captured in %.1f s", time.perf_counter() - t0)
 
+    def receive_sampled(self, num_rows: int) -> None:
+        """A tensor-parallel worker's half of rank 0's token broadcast after a step that sampled `num_rows`."""
+        tokens = torch.empty(num_rows, dtype=torch.int64, device=self.device)
+        self._prev_tokens = tp_broadcast(tokens)
+
     def close(self) -> None:
         """Drop the decode CUDA graphs (and the collectives captured in them) once the device is idle:
         before the process group goes, so NCCL's teardown finds no captured work."""
@@ -179,6 +185,8 @@ class ModelRunner:
             num_output_tokens=[s.num_output_tokens + s.num_pending_tokens for s in samplers],
         )
         result = self.sampler(logits, batch)
+        if tp_rank_and_size()[1] > 1:  # the other ranks take pending input ids from these tokens too
+            tp_broadcast(result.token_ids)
         self._prev_tokens = result.token_ids
         self._prev_rows = {seq.seq_id: row for row, seq in enumerate(samplers)}
         return AsyncStepOutput.start(

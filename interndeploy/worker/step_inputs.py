@@ -14,8 +14,9 @@ tensor-parallel ranks as one int64 message, turned into device tensors by every 
 Positions and cache slots follow from those (token j of a sequence sits at seq_len - query_len + j, in
 slot table[pos // block_size] * block_size + pos % block_size), so they are not sent.
 
-Message layout: [T, B, W, S, input_ids..., seq_lens..., query_lens..., tables (row-major)..., last_index...]
-(tensor-parallel steps are never built with deferred ids: only a single-rank engine schedules asynchronously)
+Message layout: [T, B, W, S, D, input_ids..., seq_lens..., query_lens..., tables (row-major)..., last_index...,
+deferred..., deferred_rows...]; with async scheduling every tensor-parallel rank holds rank 0's sampled tokens
+(broadcast after each sampling step), so deferred ids resolve the same way on all of them
 """
 
 from __future__ import annotations
@@ -78,17 +79,16 @@ class StepInputs:
         return cls([0], [1], [1], [[0]], [], dummy=True)
 
     def pack(self) -> list[int]:
-        if self.deferred:
-            raise RuntimeError("a step with input ids still on the device cannot be sent to other ranks")
         width = len(self.block_tables[0]) if self.block_tables else 0
-        head = [len(self.input_ids), len(self.seq_lens), width, len(self.last_index)]
+        head = [len(self.input_ids), len(self.seq_lens), width, len(self.last_index), len(self.deferred)]
         flat = [b for row in self.block_tables for b in row]
-        return head + self.input_ids + self.seq_lens + self.query_lens + flat + self.last_index
+        return (head + self.input_ids + self.seq_lens + self.query_lens + flat + self.last_index + self.deferred
+                + self.deferred_rows)
 
     @classmethod
     def unpack(cls, msg: list[int]) -> StepInputs:
-        t, b, w, s = msg[:4]
-        pos = 4
+        t, b, w, s, d = msg[:5]
+        pos = 5
         ids = msg[pos : pos + t]
         pos += t
         seq_lens = msg[pos : pos + b]
@@ -98,7 +98,11 @@ class StepInputs:
         flat = msg[pos : pos + b * w]
         pos += b * w
         tables = [flat[i * w : (i + 1) * w] for i in range(b)]
-        return cls(ids, seq_lens, query_lens, tables, msg[pos : pos + s])
+        last_index = msg[pos : pos + s]
+        pos += s
+        deferred = msg[pos : pos + d]
+        pos += d
+        return cls(ids, seq_lens, query_lens, tables, last_index, deferred=deferred, deferred_rows=msg[pos : pos + d])
 
     def to_device(
         self, device: torch.device, block_size: int, prev_tokens: torch.Tensor | None = None

@@ -85,3 +85,10 @@ def test_bad_parallel_configs_say_what_to_do() -> None:
         EngineConfig(tp=2, dp=2, ep=4)
     with pytest.raises(ConfigError, match="uni runs one rank"):
         EngineConfig(tp=2, distributed_executor_backend="uni")
+
+
+def test_tp2_with_async_scheduling_equals_tp1(dense_dir: Path) -> None:
+    # steps launched before the previous step's tokens are read: every rank takes the pending input ids from
+    # rank 0's sampled tokens, broadcast on the device after each step
+    prompts = PROMPTS + [f"prompt {i} " * (1 + i % 5) for i in range(6)]
+    assert _greedy(dense_dir, prompts, tp=2, async_scheduling=True) == _greedy(dense_dir, prompts)

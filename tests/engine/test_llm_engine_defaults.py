@@ -43,7 +43,7 @@ def test_async_scheduling_default_follows_the_device(internlm2_dir: Path) -> Non
     engine.runner.device = torch.device("cuda")  # only the decision is checked: nothing runs
     assert engine._want_async(EngineConfig()) is True
     assert engine._want_async(EngineConfig(async_scheduling=False)) is False
-    engine.executor.supports_async = False  # a tensor-parallel executor
+    engine.executor.supports_async = False  # a data-parallel executor
     assert engine._want_async(EngineConfig(async_scheduling=True)) is False
 
 
