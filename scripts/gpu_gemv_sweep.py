@@ -93,8 +93,6 @@ def main() -> None:
             [None, 4, 8] if q else [None, 2, 4, 8, 16])]
         grid += [AwqLaunch("gemv", 1, bn, bk, wp, st, sp) for bn, bk, wp, st, sp in itertools.product(
             [128, 256], [32, 64] if q else [64, 128], [4], [2, 3], [None])]
-        grid += [AwqLaunch("nibble", 1, bn, bk, wp, st, sp) for bn, bk, wp, st, sp in itertools.product(
-            [128, 256, 512], [32, 64, 128], [4, 8], [2, 3], [None, 1, 2])]
         t_awq, acfg = _best(lambda cfg, x=x, qw=qw, sc=sc, qz=qz: awq_gemm(x, qw, sc, qz, cfg), grid, aclose)
         print(json.dumps({"layer": layer, "awq_default_us": t_def, "awq_default_cfg": str(default_launch(1, g)),
                           "awq_best_us": t_awq, "awq_bw": awq_bytes / t_awq / 1e-6 / bw, "awq_cfg": str(acfg),

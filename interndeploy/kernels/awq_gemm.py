@@ -134,88 +134,6 @@ def _gemv_kernel(
     tl.store(out_ptr + pid_s * stride_os + m * stride_om + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
-@triton.jit
-def _gemv_nibble_kernel(
-    x_ptr,
-    qw_ptr,
-    s_ptr,
-    qz_ptr,
-    out_ptr,
-    N,
-    group_size,
-    k_split,
-    K,
-    stride_xm,
-    stride_qk,
-    stride_sg,
-    stride_zg,
-    stride_os,
-    stride_om,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """Decode GEMV that never interleaves: nibble p of every int32 is one column of each group of 8 (column
-    8c + j with p = (j % 2) * 4 + j // 2), so the tile is processed nibble by nibble on [BLOCK_K, BLOCK_N / 8]
-    registers. An int4 value becomes a float exactly with two full-rate ops: OR it into the mantissa of 2^23
-    and subtract 2^23 (+ the zero point) as floats; no int-to-float conversion. The K block's products are
-    summed over K once per block, then scaled by the group's scale."""
-    P: tl.constexpr = BLOCK_N // 8
-    m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_s = tl.program_id(2)
-    offs_p = pid_n * P + tl.arange(0, P)
-    mask_p = offs_p < N // 8
-    k_lo = pid_s * k_split
-    k_hi = tl.minimum(k_lo + k_split, K)
-    acc0 = tl.zeros((P,), dtype=tl.float32)
-    acc1 = tl.zeros((P,), dtype=tl.float32)
-    acc2 = tl.zeros((P,), dtype=tl.float32)
-    acc3 = tl.zeros((P,), dtype=tl.float32)
-    acc4 = tl.zeros((P,), dtype=tl.float32)
-    acc5 = tl.zeros((P,), dtype=tl.float32)
-    acc6 = tl.zeros((P,), dtype=tl.float32)
-    acc7 = tl.zeros((P,), dtype=tl.float32)
-    for k0 in range(k_lo, k_hi, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + m * stride_xm + offs_k).to(tl.float32)[:, None]
-        q = tl.load(qw_ptr + offs_k[:, None] * stride_qk + offs_p[None, :], mask=mask_p[None, :], other=0)
-        g = k0 // group_size
-        zp = tl.load(qz_ptr + g * stride_zg + offs_p, mask=mask_p, other=0)
-        s_row = s_ptr + g * stride_sg + offs_p * 8
-        for p in tl.static_range(8):
-            col = (p % 4) * 2 + p // 4  # the column j (0..7) nibble p holds
-            qf = (((q >> (4 * p)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)
-            zf = (((zp >> (4 * p)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)
-            part = tl.sum(x * (qf - zf[None, :]), axis=0)
-            sc = tl.load(s_row + col, mask=mask_p, other=0.0).to(tl.float32)
-            if p == 0:
-                acc0 += part * sc
-            elif p == 1:
-                acc1 += part * sc
-            elif p == 2:
-                acc2 += part * sc
-            elif p == 3:
-                acc3 += part * sc
-            elif p == 4:
-                acc4 += part * sc
-            elif p == 5:
-                acc5 += part * sc
-            elif p == 6:
-                acc6 += part * sc
-            else:
-                acc7 += part * sc
-    out_row = out_ptr + pid_s * stride_os + m * stride_om + offs_p * 8
-    ty = out_ptr.dtype.element_ty
-    tl.store(out_row + 0, acc0.to(ty), mask=mask_p)
-    tl.store(out_row + 2, acc1.to(ty), mask=mask_p)
-    tl.store(out_row + 4, acc2.to(ty), mask=mask_p)
-    tl.store(out_row + 6, acc3.to(ty), mask=mask_p)
-    tl.store(out_row + 1, acc4.to(ty), mask=mask_p)
-    tl.store(out_row + 3, acc5.to(ty), mask=mask_p)
-    tl.store(out_row + 5, acc6.to(ty), mask=mask_p)
-    tl.store(out_row + 7, acc7.to(ty), mask=mask_p)
-
-
 def _block_k(group_size: int, preferred: int) -> int:
     """The largest power of two <= preferred that divides the group (so a K block lies in one group)."""
     bk = preferred
@@ -246,7 +164,7 @@ def _split_k(k_blocks: int, programs: int, device: torch.device) -> int:
 class AwqLaunch:
     """How awq_gemm launches: which kernel, its tile, K splits (None: about two waves of programs)."""
 
-    kind: str  # "gemv" (interleaved unpack), "nibble" (nibble by nibble) or "gemm" (tensor cores)
+    kind: str  # "gemv" (one row per program, CUDA cores) or "gemm" (tensor-core tiles)
     block_m: int
     block_n: int
     block_k: int
@@ -257,7 +175,9 @@ class AwqLaunch:
 
 def default_launch(m: int, group: int) -> AwqLaunch:
     if m <= GEMV_MAX_M:
-        return AwqLaunch("gemv", 1, 256, _block_k(group, 32), 4, 3)
+        # the sweep's best on an H100 at the 7B layers (scripts/gpu_gemv_sweep.py --awq-only): 128-column
+        # tiles, 64-128 rows of K, 2 stages; 14 % under the earlier 256 x 32 tile
+        return AwqLaunch("gemv", 1, 128, _block_k(group, 64), 4, 2)
     block_m = 64 if m <= 256 else 128
     return AwqLaunch("gemm", block_m, 128, _block_k(group, 64), 4 if block_m == 64 else 8, 3)
 
@@ -294,9 +214,8 @@ def awq_gemm(
     stride_om = out.stride(-2)
     args = (x, qweight, scales, qzeros, out)
     strides = (x.stride(0), qweight.stride(0), scales.stride(0), qzeros.stride(0), stride_os, stride_om)
-    if cfg.kind != "gemm":
-        kernel = _gemv_nibble_kernel if cfg.kind == "nibble" else _gemv_kernel
-        kernel[(grid_m, grid_n, splits)](
+    if cfg.kind == "gemv":
+        _gemv_kernel[(grid_m, grid_n, splits)](
             *args, n, group, k_split, k, *strides,
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )

@@ -147,13 +147,7 @@ def test_earliest_stop_wins(tok: Tokenizer) -> None:
 def test_long_stream_is_incremental(tok: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
     ids = tok.encode(" ".join(default_corpus(200, seed=2)), add_bos=False)
     decoded_lengths: list[int] = []
-    real_decode = tok.decode
-
-    def counting_decode(ids_: list[int], *args: object, **kwargs: object) -> str:
-        decoded_lengths.append(len(ids_))
-        return real_decode(ids_, *args, **kwargs)
-
-    monkeypatch.setattr(tok, "decode", counting_decode)
+    monkeypatch.setattr(tok, "decode", _counting(tok.decode, decoded_lengths))
     monkeypatch.setattr(tok, "decode_plain", _counting(tok.decode_plain, decoded_lengths))
     detok = IncrementalDetokenizer(tok, stop_strings=["<never>"])
     text = "".join(_stream(detok, ids)) + detok.flush()
@@ -169,13 +163,7 @@ def test_ids_past_the_vocab_keep_the_window_short(tok: Tokenizer, monkeypatch: p
     unknown = [tok.vocab_size + 1000 + k for k in range(300)]
     ids = real[:3] + unknown + real[3:]
     decoded_lengths: list[int] = []
-    real_decode = tok.decode
-
-    def counting_decode(ids_: list[int], *args: object, **kwargs: object) -> str:
-        decoded_lengths.append(len(ids_))
-        return real_decode(ids_, *args, **kwargs)
-
-    monkeypatch.setattr(tok, "decode", counting_decode)
+    monkeypatch.setattr(tok, "decode", _counting(tok.decode, decoded_lengths))
     monkeypatch.setattr(tok, "decode_plain", _counting(tok.decode_plain, decoded_lengths))
     detok = IncrementalDetokenizer(tok)
     text = "".join(_stream(detok, ids)) + detok.flush()
