@@ -81,7 +81,8 @@ def engine_step_figures(before: EngineStats, after: EngineStats) -> dict[str, fl
     if steps <= 0:
         return {}
     return {"engine_steps": steps, "step_ms_mean": total / steps * 1e3,
-            "host_ms_per_step": (total - wait) / steps * 1e3, "host_fraction": (total - wait) / total}
+            "host_ms_per_step": (total - wait) / steps * 1e3, "host_fraction": (total - wait) / total,
+            "preemptions": after.num_preemptions - before.num_preemptions}
 
 
 def copy_bandwidth(device: torch.device) -> float:

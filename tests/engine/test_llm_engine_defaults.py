@@ -61,4 +61,5 @@ def test_step_statistics_count_steps_and_waits(internlm2_dir: Path) -> None:
     assert figures["engine_steps"] == stats.num_steps
     assert 0.0 <= figures["host_fraction"] <= 1.0
     assert figures["host_ms_per_step"] <= figures["step_ms_mean"]
+    assert figures["preemptions"] == 0
     assert engine_step_figures(stats, stats) == {}
