@@ -119,11 +119,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--eager-mode", action="store_true")
     ap.add_argument("--max-batch-size", type=int, default=256)
+    ap.add_argument("--quant-policy", type=int, default=0, choices=[0, 4, 8], help="KV cache int8 / int4")
     ap.add_argument("--prefill", type=int, nargs=2, metavar=("NUM", "LEN"), default=None,
                     help="profile prefill of NUM prompts of LEN tokens instead of decode")
     args = ap.parse_args()
     cfg = EngineConfig(load_format="dummy", eager_mode=args.eager_mode, max_batch_size=args.max_batch_size,
-                       session_len=4096)
+                       session_len=4096, quant_policy=args.quant_policy)
     info = load_model_info(str(shape_model_dir(args.shape)), None, True, False)
     t = time.perf_counter()
     eng = LLMEngine(info, cfg, Tokenizer.from_dir(info.path))
