@@ -59,10 +59,10 @@ def _kernel_table(prof: profile, steps: int) -> tuple[float, list[tuple[str, flo
     return total, [(name, us / steps / 1e3) for name, us in top]
 
 
-def profile_bs(eng: LLMEngine, vocab: int, bs: int, steps: int, async_on: bool) -> dict:
+def profile_bs(eng: LLMEngine, vocab: int, bs: int, steps: int, async_on: bool, prompt_len: int = 128) -> dict:
     eng.async_scheduling = async_on
     tag = f"bs{bs}-{'async' if async_on else 'sync'}"
-    _fill(eng, vocab, bs, 128, 4 * steps + 16, tag)
+    _fill(eng, vocab, bs, prompt_len, 4 * steps + 16, tag)
     _sync()
     t = time.perf_counter()
     for _ in range(steps):
@@ -118,6 +118,7 @@ def main() -> None:
     ap.add_argument("--bs", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--eager-mode", action="store_true")
+    ap.add_argument("--prompt-len", type=int, default=128, help="context length the decode steps start from")
     ap.add_argument("--max-batch-size", type=int, default=256)
     ap.add_argument("--quant-policy", type=int, default=0, choices=[0, 4, 8], help="KV cache int8 / int4")
     ap.add_argument("--prefill", type=int, nargs=2, metavar=("NUM", "LEN"), default=None,
@@ -135,7 +136,7 @@ def main() -> None:
         return
     for bs in args.bs:
         for async_on in (False, True):
-            res = profile_bs(eng, int(info.config["vocab_size"]), bs, args.steps, async_on)
+            res = profile_bs(eng, int(info.config["vocab_size"]), bs, args.steps, async_on, args.prompt_len)
             host = res.pop("host_profile")
             print(json.dumps(res), flush=True)
             print("\n".join(host), flush=True)

@@ -144,6 +144,132 @@ def _decode_split_kernel(
 
 
 @triton.jit
+def _load_rows(Cache, blk, in_blk, mask_n, offs_d, mask_d, stride_b, stride_s, HEAD_DIM: tl.constexpr,
+               BITS: tl.constexpr):
+    """A [N, BLOCK_D] fp32 tile of one kv head: the values (BITS 0) or the raw int8 / int4 codes. Codes become
+    fp32 through the exponent trick (bits | 0x4B000000 is 2^23 + code as a float): two full-rate ALU ops instead
+    of the quarter-rate int-to-float conversion, which is what bounds this kernel on quantized caches."""
+    rows = blk[:, None] * stride_b + in_blk[:, None] * stride_s
+    mask = mask_n[:, None] & mask_d[None, :]
+    if BITS == 0:
+        return tl.load(Cache + rows + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    if BITS == 8:
+        codes = tl.load(Cache + rows + offs_d[None, :], mask=mask, other=0).to(tl.int32)
+    else:
+        half = HEAD_DIM // 2
+        packed = tl.load(Cache + rows + (offs_d % half)[None, :], mask=mask, other=0).to(tl.int32)
+        codes = (packed >> ((offs_d // half) * 4)[None, :]) & 15
+    return (codes | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def _decode_mha_kernel(
+    Q,
+    KCache,
+    VCache,
+    KScaleZero,
+    VScaleZero,
+    BlockTables,
+    SeqLens,
+    Out,
+    MidO,
+    MidLse,
+    scale_log2,
+    stride_qb,
+    stride_qh,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_vb,
+    stride_vs,
+    stride_vh,
+    stride_kzb,
+    stride_kzs,
+    stride_kzh,
+    stride_vzb,
+    stride_vzs,
+    stride_vzh,
+    stride_bt,
+    stride_ob,
+    stride_oh,
+    stride_mb,
+    stride_mh,
+    stride_ms,
+    stride_lb,
+    stride_lh,
+    block_size,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    BITS: tl.constexpr,
+):
+    """One query head per kv head (MHA): products on the CUDA cores, no tensor-core tile padded from 1 row to 16.
+    A quantized cache is never dequantized element-wise; its per-token scale and zero apply to the row sums:
+
+        q . (c * s + z)        = s * (q . c) + z * sum(q)
+        sum_n p_n (c_n s_n + z_n) = sum_n (p_n s_n) c_n + sum_n p_n z_n
+    """
+    b = tl.program_id(0)
+    head = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(SeqLens + b).to(tl.int32)
+    chunk = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    start = split * chunk
+    end = tl.minimum(start + chunk, seq_len)
+
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < HEAD_DIM
+    b64 = b.to(tl.int64)
+    q = tl.load(Q + b64 * stride_qb + head * stride_qh + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    q_sum = tl.sum(q, 0)
+    table = BlockTables + b64 * stride_bt
+    k_base = KCache + head * stride_kh
+    v_base = VCache + head * stride_vh
+    kz_base = KScaleZero + head * stride_kzh
+    vz_base = VScaleZero + head * stride_vzh
+
+    m_i = float("-inf")
+    l_i = 0.0
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < end
+        blk = tl.load(table + offs_n // block_size, mask=mask_n, other=0).to(tl.int64)
+        in_blk = offs_n % block_size
+        k = _load_rows(k_base, blk, in_blk, mask_n, offs_d, mask_d, stride_kb, stride_ks, HEAD_DIM, BITS)
+        s = tl.sum(k * q[None, :], 1)
+        if BITS != 0:
+            kz = kz_base + blk * stride_kzb + in_blk * stride_kzs
+            s = s * tl.load(kz, mask=mask_n, other=0.0).to(tl.float32) + q_sum * tl.load(
+                kz + 1, mask=mask_n, other=0.0).to(tl.float32)
+        s = tl.where(mask_n, s * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 0))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new)
+        l_i = l_i * alpha + tl.sum(p, 0)
+        v = _load_rows(v_base, blk, in_blk, mask_n, offs_d, mask_d, stride_vb, stride_vs, HEAD_DIM, BITS)
+        if BITS != 0:
+            vz = vz_base + blk * stride_vzb + in_blk * stride_vzs
+            p_scaled = p * tl.load(vz, mask=mask_n, other=0.0).to(tl.float32)
+            v_zero = tl.load(vz + 1, mask=mask_n, other=0.0).to(tl.float32)
+            pv = tl.sum(p_scaled[:, None] * v, 0) + tl.sum(p * v_zero, 0)
+        else:
+            pv = tl.sum(p[:, None] * v, 0)
+        acc = acc * alpha + pv
+        m_i = m_new
+
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    acc = acc / l_safe
+    if NUM_SPLITS == 1:
+        tl.store(Out + b64 * stride_ob + head * stride_oh + offs_d, acc.to(Out.dtype.element_ty), mask=mask_d)
+    else:
+        mid = MidO + b64 * stride_mb + head * stride_mh + split * stride_ms + offs_d
+        tl.store(mid, acc, mask=mask_d)
+        tl.store(MidLse + b64 * stride_lb + head * stride_lh + split, m_i + tl.log2(l_safe))
+
+
+@triton.jit
 def _decode_reduce_kernel(
     MidO,
     MidLse,
@@ -205,10 +331,14 @@ def decode_attention(
     out: torch.Tensor | None = None,
     num_splits: int | None = None,
     block_n: int | None = None,
-    num_warps: int = 4,
+    num_warps: int | None = None,
     num_stages: int = 2,
+    cuda_cores: bool | None = None,
 ) -> torch.Tensor:
     """Attention of q [B, Hq, D] (one token per sequence) over each sequence's seq_lens[b] cached tokens.
+
+    cuda_cores: the MHA kernel (products on CUDA cores, scales folded into row sums); the default for an
+    int8 / int4 cache with Hq == Hkv, where the tensor-core tile is 1/16 full and dequantizing it bounds the time.
 
     A uint8 cache holds int8 / int4 codes (by its last dim, D or D/2) and needs k_scale_zero / v_scale_zero."""
     check(q.dim() == 3, f"q must be [B, Hq, D], got {tuple(q.shape)}")
@@ -243,15 +373,31 @@ def decode_attention(
     group = num_heads // num_kv_heads
     block_h = max(16, next_power_of_2(group))
     block_d = max(16, next_power_of_2(head_dim))
-    block_n = block_n or (64 if block_d <= 128 else 32)
     max_tokens = block_tables.shape[1] * block_size
     splits = num_splits or pick_num_splits(batch * num_kv_heads, max_tokens, q.device)
+    if cuda_cores is None:
+        cuda_cores = group == 1 and bits != 0
+    check(not cuda_cores or group == 1, f"the CUDA-core kernel is for MHA (Hq == Hkv), got group {group}")
+    if cuda_cores:
+        # H100 sweep (tests/kernels/bench_decode_attention.py --kv-heads 32 --sweep): one warp per 32-token
+        # tile once there are >= 4 programs per SM (batch 32-128 at 4k tokens: 1.5-1.8x faster than the bf16 cache);
+        # wide tiles when few programs must stream a long context (batch 1)
+        many = batch * num_kv_heads * splits >= 4 * num_sms(q.device)
+        block_n, num_warps = block_n or (32 if many else 128), num_warps or (1 if many else 4)
+    block_n = block_n or (64 if block_d <= 128 else 32)
+    num_warps = num_warps or 4
     if splits > 1:
         mid_o = torch.empty((batch, num_heads, splits, head_dim), dtype=torch.float32, device=q.device)
         mid_lse = torch.empty((batch, num_heads, splits), dtype=torch.float32, device=q.device)
     else:  # unused by the kernel; any fp32 tensor will do for the pointers
         mid_o = mid_lse = torch.empty((1, 1, 1, 1), dtype=torch.float32, device=q.device)
-    _decode_split_kernel[(batch, num_kv_heads, splits)](
+    consts = dict(HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n, NUM_SPLITS=splits, BITS=bits)
+    if cuda_cores:
+        kernel = _decode_mha_kernel
+    else:
+        kernel = _decode_split_kernel
+        consts.update(GROUP=group, BLOCK_H=block_h, IS_FP32=q.dtype == torch.float32)
+    kernel[(batch, num_kv_heads, splits)](
         q,
         k_cache,
         v_cache,
@@ -286,14 +432,7 @@ def decode_attention(
         mid_lse.stride(0),
         mid_lse.stride(1),
         block_size,
-        GROUP=group,
-        HEAD_DIM=head_dim,
-        BLOCK_H=block_h,
-        BLOCK_D=block_d,
-        BLOCK_N=block_n,
-        NUM_SPLITS=splits,
-        IS_FP32=q.dtype == torch.float32,
-        BITS=bits,
+        **consts,
         num_warps=num_warps,
         num_stages=num_stages,
     )

@@ -25,6 +25,7 @@ from interndeploy.testing.attention import assign_block_tables, make_decode_meta
 HQ, HKV, D, BLOCK = 32, 8, 128, 64
 DTYPE = torch.bfloat16
 QUANT_POLICY = 0
+CUDA_CORES = None
 
 
 def copy_bandwidth() -> float:
@@ -66,14 +67,15 @@ def bench_shape(batch: int, ctx: int, ceiling: float, sweep: bool) -> None:
     out = torch.empty_like(q)
 
     def run(**kw) -> None:
-        decode_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, SCALE, out=out, **scales, **kw)
+        decode_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, SCALE, out=out, **scales,
+                         cuda_cores=CUDA_CORES, **kw)
 
     def run_reference() -> torch.Tensor:
         return reference.paged_attention(q, k_cache, v_cache, meta, SCALE, *scales.values())
 
     run()
     err = (out.float() - run_reference().float()).abs().max().item()
-    assert err < 3e-2, f"batch {batch} ctx {ctx}: max error {err}"
+    assert err < (6e-2 if QUANT_POLICY else 3e-2), f"batch {batch} ctx {ctx}: max error {err}"
     ms = graph_ms(run)
     ref_ms = triton.testing.do_bench(run_reference, warmup=5, rep=50, return_mode="median")
     kv_bytes = KVCacheLayout(QUANT_POLICY, D, DTYPE).bytes_per_token_head
@@ -84,20 +86,23 @@ def bench_shape(batch: int, ctx: int, ceiling: float, sweep: bool) -> None:
         f"{ref_ms * 1e3:>10.1f} {ref_ms / ms:>7.1f}x"
     )
     if sweep and ctx == 4096:
-        for block_n in (32, 64, 128):
-            for warps in (4, 8):
+        for block_n in (16, 32, 64, 128):
+            for warps in (1, 2, 4, 8):
                 t = graph_ms(lambda n=block_n, w=warps: run(block_n=n, num_warps=w))
                 print(f"      sweep block_n={block_n:<3} num_warps={warps}: {t * 1e3:.1f} us")
 
 
 def main() -> None:
+    global QUANT_POLICY, HKV, CUDA_CORES
     parser = argparse.ArgumentParser()
     parser.add_argument("--sweep", action="store_true", help="also time block_n / num_warps variants")
     parser.add_argument("--quant-policy", type=int, choices=[0, 4, 8], default=0, help="KV cache int4 / int8")
     parser.add_argument("--kv-heads", type=int, default=HKV, help="kv heads (32 = MHA)")
+    parser.add_argument("--cuda-cores", choices=["auto", "on", "off"], default="auto",
+                        help="the MHA kernel on CUDA cores (auto: when Hq == Hkv)")
     args = parser.parse_args()
-    global QUANT_POLICY, HKV
     QUANT_POLICY, HKV = args.quant_policy, args.kv_heads
+    CUDA_CORES = {"auto": None, "on": True, "off": False}[args.cuda_cores]
     props = torch.cuda.get_device_properties(0)
     ceiling = copy_bandwidth()
     print(f"{props.name}, {props.multi_processor_count} SMs; device-to-device copy {ceiling / 1e12:.2f} TB/s")

@@ -120,3 +120,35 @@ def test_quantized_odd_head_dim_and_splits(device, assert_attention_close, quant
     out = decode_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, 0.1, k_scale_zero=k_sz,
                            v_scale_zero=v_sz, num_splits=num_splits)
     assert_attention_close(out, reference.paged_attention(q, k_cache, v_cache, meta, 0.1, k_sz, v_sz))
+
+
+@pytest.mark.parametrize("quant_policy", [0, 8, 4])
+@pytest.mark.parametrize("cuda_cores", [True, False])
+@pytest.mark.parametrize("num_splits", [None, 1, 5])
+def test_mha_both_kernels(device, assert_attention_close, quant_policy, cuda_cores, num_splits) -> None:
+    """Hq == Hkv: the CUDA-core kernel (scales folded into row sums) and the tensor-core one agree with the
+    reference, on fp and quantized caches, an odd head dim, and a graph-padding row of seq_len 0."""
+    torch.manual_seed(5)
+    seq_lens, hkv, d, dtype = [300, 1, 65, 2049], 4, 80, torch.float16
+    if quant_policy:
+        (k_cache, v_cache, k_sz, v_sz), meta = _quant_paged_cache(seq_lens, 16, hkv, d, dtype, device, quant_policy)
+        scales = {"k_scale_zero": k_sz, "v_scale_zero": v_sz}
+    else:
+        k_cache, v_cache, meta = _paged_cache(seq_lens, 16, hkv, d, dtype, device)
+        scales = {}
+    seq_lens_t = meta.seq_lens.clone()
+    seq_lens_t[1] = 0
+    q = torch.randn(len(seq_lens), hkv, d, dtype=dtype, device=device)
+    out = decode_attention(q, k_cache, v_cache, meta.block_tables, seq_lens_t, 0.1, num_splits=num_splits,
+                           cuda_cores=cuda_cores, **scales)
+    ref = reference.paged_attention(q, k_cache, v_cache, meta, 0.1, *scales.values())
+    assert (out[1] == 0).all()
+    keep = [0, 2, 3]
+    assert_attention_close(out[keep], ref[keep])
+
+
+def test_cuda_core_kernel_is_for_mha_only(device) -> None:
+    k_cache, v_cache, meta = _paged_cache([5], 16, 2, 64, torch.float16, device)
+    q = torch.randn(1, 4, 64, dtype=torch.float16, device=device)
+    with pytest.raises(ValueError, match="MHA"):
+        decode_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, 0.1, cuda_cores=True)
