@@ -11,7 +11,9 @@ block's zero points and scales are one row of qzeros / scales:
     partial  = x_tile . (q - z)          exact small integers in the activation dtype, fp32 accumulation
     acc     += partial * s               the group's scale on the block's fp32 partial product
 
-_gemm_kernel (prefill, M > GEMV_MAX_M): BLOCK_M x BLOCK_N tiles on tensor cores (tl.dot).
+_gemm_kernel (M > GEMV_MAX_M): BLOCK_M x BLOCK_N tiles on tensor cores (tl.dot).
+_dequant_kernel (prefill, M >= DEQUANT_MIN_M): W^T written once in x's dtype, then cuBLAS; the temporary
+    weight costs less than the fused GEMM's dequantization of every tile for every BLOCK_M rows.
 _gemv_kernel (decode, M <= GEMV_MAX_M): one row of x per program, products accumulated element-wise in fp32 and
     summed over K once at the end (no cross-thread reduction inside the loop); the M programs
     that read the same weight tile are neighbours on grid axis 0, so rows after the first hit L2. With few
@@ -28,7 +30,12 @@ import torch
 from interndeploy.kernels import reference_awq
 from interndeploy.kernels._triton import cdiv, check, num_sms, tl, triton
 
-GEMV_MAX_M = 8  # at most this many rows take the GEMV-shaped path
+# at most this many rows take the GEMV-shaped path; from 2 rows on the tensor-core GEMM is faster (H100: qkv at
+# M=2, 34.6 us against 32 us for 16 rows). On CUDA, layers with torch's int4 kernel use that for M <= 8.
+GEMV_MAX_M = 1
+# from this many rows on, dequantizing W once (_dequant_kernel) and multiplying on cuBLAS beats the fused
+# GEMM: on an H100 at the 7B layers, M=128: 47 vs 68 us (qkv), M=4096: 290 vs 1085 us (scripts/gpu_awq_variants.py)
+DEQUANT_MIN_M = 128
 
 
 @triton.jit
@@ -134,6 +141,55 @@ def _gemv_kernel(
     tl.store(out_ptr + pid_s * stride_os + m * stride_om + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
+@triton.jit
+def _dequant_kernel(
+    qw_ptr,
+    s_ptr,
+    qz_ptr,
+    out_ptr,
+    K,
+    N,
+    group_size,
+    stride_qk,
+    stride_sg,
+    stride_zg,
+    stride_ok,
+    BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """W^T [K, N] = (q - z) * s, computed in fp32 like the twin, stored in out's dtype."""
+    offs_k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_p = tl.program_id(1) * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
+    mask_k = offs_k < K
+    mask_p = offs_p < N // 8
+    mask_n = offs_n < N
+    g = offs_k // group_size
+    q = tl.load(qw_ptr + offs_k[:, None] * stride_qk + offs_p[None, :], mask=mask_k[:, None] & mask_p[None, :], other=0)
+    z = tl.load(qz_ptr + g[:, None] * stride_zg + offs_p[None, :], mask=mask_k[:, None] & mask_p[None, :], other=0)
+    s = tl.load(s_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+    w = (_unpack_awq(q, BLOCK_N) - _unpack_awq(z, BLOCK_N)).to(tl.float32) * s.to(tl.float32)
+    tl.store(out_ptr + offs_k[:, None] * stride_ok + offs_n[None, :], w.to(out_ptr.dtype.element_ty),
+             mask=mask_k[:, None] & mask_n[None, :])
+
+
+def awq_dequantize(
+    qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """W^T [K, N] in `dtype`; same contract as reference_awq.awq_dequantize."""
+    k, n = qweight.shape[0], scales.shape[1]
+    group = reference_awq.awq_group_size(qweight, scales)
+    check(qweight.shape == (k, n // 8) and qzeros.shape == (k // group, n // 8), "AWQ shapes do not agree")
+    check(qweight.stride(1) == qzeros.stride(1) == scales.stride(1) == 1, "AWQ tensors need unit column stride")
+    out = torch.empty(k, n, dtype=dtype, device=qweight.device)
+    block_k, block_n = 32, 128
+    _dequant_kernel[(cdiv(k, block_k), cdiv(n, block_n))](
+        qweight, scales, qzeros, out, k, n, group, qweight.stride(0), scales.stride(0), qzeros.stride(0),
+        out.stride(0), BLOCK_K=block_k, BLOCK_N=block_n, num_warps=4,
+    )
+    return out
+
+
 def _block_k(group_size: int, preferred: int) -> int:
     """The largest power of two <= preferred that divides the group (so a K block lies in one group)."""
     bk = preferred
@@ -178,7 +234,7 @@ def default_launch(m: int, group: int) -> AwqLaunch:
         # the sweep's best on an H100 at the 7B layers (scripts/gpu_gemv_sweep.py --awq-only): 128-column
         # tiles, 64-128 rows of K, 2 stages; 14 % under the earlier 256 x 32 tile
         return AwqLaunch("gemv", 1, 128, _block_k(group, 64), 4, 2)
-    block_m = 64 if m <= 256 else 128
+    block_m = 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 256 else 128
     return AwqLaunch("gemm", block_m, 128, _block_k(group, 64), 4 if block_m == 64 else 8, 3)
 
 
@@ -197,6 +253,8 @@ def awq_gemm(
     check(x.device == qweight.device == scales.device == qzeros.device, "AWQ tensors on different devices")
     if m == 0:
         return x.new_empty(0, n)
+    if launch is None and m >= DEQUANT_MIN_M:
+        return x @ awq_dequantize(qweight, scales, qzeros, x.dtype)
     cfg = launch or default_launch(m, group)
     check(group % cfg.block_k == 0, f"BLOCK_K {cfg.block_k} must divide the group size {group}")
     grid_m = cdiv(m, cfg.block_m) if cfg.kind == "gemm" else m

@@ -9,9 +9,10 @@ A layer's parameters, for input size K and output size N of this rank (layout in
 
 The layer's own weight loader shards them (column: along N, row: along K), and packed modules
 (qkv, gate_up, InternLM2's grouped wqkv) place each part at its offset divided by the pack factor.
-On CUDA `apply` runs the Triton W4A16 kernels; elsewhere it dequantizes once, keeps the float weight
-beside the packed one (CPU memory is plentiful, the reference matmul is then as fast as unquantized)
-and multiplies.
+On CUDA `apply` runs torch's int4 kernel for up to awq_tinygemm.MAX_M rows (decode; the weights repacked
+for it once after loading, kept beside the AWQ tensors as buffers) and the Triton W4A16 kernels otherwise;
+elsewhere it dequantizes once, keeps the float weight beside the packed one (CPU memory is plentiful, the
+reference matmul is then as fast as unquantized) and multiplies.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from interndeploy.kernels._triton import use_triton
 from interndeploy.kernels.reference_awq import PACK, awq_dequantize
 from interndeploy.layers.linear import LinearMethod
 from interndeploy.layers.weight_loader import set_weight_attrs
+from interndeploy.quant import awq_tinygemm
 
 
 class AWQConfigError(ValueError):
@@ -97,6 +99,10 @@ class AWQLinearMethod(LinearMethod):
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         layer.awq_float_weight = None  # recomputed from the packed weights on first use off CUDA
+        int4 = awq_tinygemm.repack(layer.qweight, layer.scales, layer.qzeros)
+        if int4 is not None:  # buffers: they move with the layer and count in the weights' memory
+            layer.register_buffer("int4_packed", int4.packed, persistent=False)
+            layer.register_buffer("int4_scale_zero", int4.scale_zero, persistent=False)
 
     def float_weight(self, layer: nn.Module, dtype: torch.dtype) -> torch.Tensor:
         """The dequantized weight [N, K] in `dtype`, cached on the layer (a plain attribute, not a parameter)."""
@@ -110,7 +116,13 @@ class AWQLinearMethod(LinearMethod):
         if use_triton(x):
             from interndeploy.kernels.awq_gemm import awq_gemm
 
-            y = awq_gemm(x.reshape(-1, x.shape[-1]), layer.qweight, layer.scales, layer.qzeros)
+            x2 = x.reshape(-1, x.shape[-1])
+            packed = layer._buffers.get("int4_packed")
+            if packed is not None and packed.device == x.device and x2.shape[0] <= awq_tinygemm.MAX_M:
+                group = layer.qweight.shape[0] // layer.scales.shape[0]
+                y = awq_tinygemm.int4_matmul(x2, packed, layer.int4_scale_zero, group)
+            else:
+                y = awq_gemm(x2, layer.qweight, layer.scales, layer.qzeros)
             y = y.view(*x.shape[:-1], y.shape[-1])
             return y if bias is None else y + bias
         if x.is_cuda:  # reference kernels forced on CUDA: do not keep a float copy in GPU memory

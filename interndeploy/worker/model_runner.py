@@ -85,7 +85,8 @@ class ModelRunner:
         self.vision: VisionRunner | None = None
         if info.serve_vision and cfg.tp == 1:
             self.vision = VisionRunner(build_vision_tower(info, self.dtype, self.device, cfg.load_format == "dummy"))
-        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        tensors = [*self.model.parameters(), *self.model.buffers()]  # buffers: repacked weights, rotary tables
+        self.weight_bytes = sum(t.numel() * t.element_size() for t in tensors)
         self.weight_bytes += self.vision.weight_bytes if self.vision is not None else 0
         self.sampler = Sampler()
         self.grammar: GrammarBackend | None = None  # set by the engine; masks logits of guided sequences

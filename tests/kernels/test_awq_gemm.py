@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from interndeploy.kernels import reference_awq
-from interndeploy.kernels.awq_gemm import GEMV_MAX_M, AwqLaunch, awq_gemm, supports
+from interndeploy.kernels.awq_gemm import DEQUANT_MIN_M, GEMV_MAX_M, AwqLaunch, awq_dequantize, awq_gemm, supports
 
 pytestmark = pytest.mark.gpu
 
@@ -29,7 +29,7 @@ def _check(out: torch.Tensor, x: torch.Tensor, qw: torch.Tensor, s: torch.Tensor
     assert float((twin - ref).norm() / ref.norm()) < 1e-2
 
 
-@pytest.mark.parametrize("m", [1, 2, 5, GEMV_MAX_M, 9, 64, 300])
+@pytest.mark.parametrize("m", sorted({1, 2, 5, 8, GEMV_MAX_M, 9, 64, DEQUANT_MIN_M - 1, DEQUANT_MIN_M, 300}))
 @pytest.mark.parametrize("k, n, group", [(128, 256, 128), (256, 264, 32), (512, 1024, 64), (4096, 512, 128)])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_matches_twin(device: str, m: int, k: int, n: int, group: int, dtype: torch.dtype) -> None:
@@ -39,6 +39,16 @@ def test_matches_twin(device: str, m: int, k: int, n: int, group: int, dtype: to
     x = torch.randn(m, k, dtype=dtype, device=device)
     assert supports(x, qw, s)
     _check(awq_gemm(x, qw, s, qz), x, qw, s, qz)
+
+
+@pytest.mark.parametrize(("k", "n", "group"), [(128, 256, 128), (96, 264, 32), (4096, 512, 128)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_dequantize_equals_twin(device: str, k: int, n: int, group: int, dtype: torch.dtype) -> None:
+    """The prefill path's one-off dequantization: the twin's values (both compute in fp32; bf16 within one
+    rounding step, since Triton's CPU interpreter truncates where the GPU rounds)."""
+    qw, s, qz = _weights(k, n, group, torch.float16, device)
+    torch.testing.assert_close(awq_dequantize(qw, s, qz, dtype), reference_awq.awq_dequantize(qw, s, qz, dtype),
+                               rtol=2**-7 if dtype == torch.bfloat16 else 0, atol=0)
 
 
 def test_whole_row_group_and_fp32_scales(device: str) -> None:
