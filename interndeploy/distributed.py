@@ -9,7 +9,8 @@
                                    dispatch and combine them with all_to_all_single; the engines step in
                                    lock-step (an idle one runs a one-token dummy batch)
 
-Backends: NCCL between GPUs, gloo on CPU. A second gloo group (`cpu_group`) carries the engine's
+Backends: NCCL between GPUs (small tp all-reduces of a one-host engine through symmetric memory instead:
+one_shot_all_reduce.py), gloo on CPU. A second gloo group (`cpu_group`) carries the engine's
 per-step control messages (int64 tensors, never pickles) with a long timeout, since a worker may wait
 for the next step for as long as the server is idle.
 
@@ -36,6 +37,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .one_shot_all_reduce import OneShotAllReduce
+
 logger = logging.getLogger("interndeploy")
 
 # a worker waits for the next step as long as the server idles; peers that die close their sockets
@@ -55,6 +58,7 @@ class ParallelState:
     ep_tokens_replicated: bool  # True: every ep rank holds the same tokens (EP inside TP)
     device: torch.device
     cpu_group: dist.ProcessGroup | None = None  # gloo group of the world, for control messages
+    one_shot: OneShotAllReduce | None = None  # small tp all-reduces over symmetric memory (GPUs, tp == world)
     # the tp group and the ep group are the world whenever their size is > 1 (see the module docstring)
 
 
@@ -93,6 +97,9 @@ def tp_broadcast(x: torch.Tensor) -> torch.Tensor:
 
 def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
     """Sum over the tensor-parallel ranks, in place (the partial sums of a row-parallel layer)."""
+    one_shot = _STATE.one_shot if _STATE is not None else None
+    if one_shot is not None and one_shot.takes(x):
+        return one_shot(x)
     dist.all_reduce(x)
     return x
 
@@ -219,8 +226,11 @@ def init_distributed(
     cpu_group = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
     tp_rank = rank % tp_size
     ep_rank = rank if ep_size > 1 else 0
+    one_shot = None
+    if device.type == "cuda" and tp_size == world_size > 1:
+        one_shot = OneShotAllReduce.create(device, cpu_group)
     _STATE = ParallelState(rank, world_size, tp_rank, tp_size, ep_rank, ep_size, ep_tokens_replicated, device,
-                           cpu_group)
+                           cpu_group, one_shot)
     logger.info("rank %d/%d joined (%s, tp %d, ep %d) via %s:%d", rank, world_size, backend, tp_size, ep_size,
                 master_addr, master_port)
     return _STATE
