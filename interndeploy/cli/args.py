@@ -36,7 +36,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--eager-mode", action="store_true", help="no CUDA graphs")
     g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
-                   help="schedule the next step while the GPU runs the current one (default: on for one GPU)")
+                   help="schedule the next step while the GPUs run the current one (default: on with GPUs)")
     g.add_argument("--language-model-only", action="store_true", help="serve a multimodal model's language model only")
     g.add_argument("--chat-template", default=None, help="built-in template name or a JSON file")
     g.add_argument("--revision", default=None, help="Hugging Face cache revision")

@@ -207,9 +207,10 @@ class TPExecutor(Executor):
 
     # ---- steps ---------------------------------------------------------------------------------------------
 
-    # async scheduling works across ranks (each holds rank 0's sampled tokens), but stays opt-in for tp > 1
-    # until it has been measured on GPUs
+    # async scheduling works across ranks (each holds rank 0's sampled tokens); on 2 x H200 it took TP=2
+    # batch-1 decode of the 7B shape from 4.44 to 3.58 ms/token (greedy tokens equal), so it is the default
     supports_async = True
+    async_default = True
 
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
         return self.launch(sched).get()
