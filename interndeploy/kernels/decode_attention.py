@@ -26,7 +26,7 @@ is read on the device, never on the host. A sequence of seq_len 0 (graph padding
 import torch
 
 from interndeploy.kernels._triton import cdiv, check, next_power_of_2, num_sms, tl, triton
-from interndeploy.kernels.kv_quant import check_kv_caches, load_kv_tile
+from interndeploy.kernels.kv_quant import check_kv_caches, load_kv_rows, load_kv_tile
 
 _LOG2E = 1.4426950408889634
 MIN_TOKENS_PER_SPLIT = 128  # a split shorter than this costs more in the reduce than it saves
@@ -144,25 +144,6 @@ def _decode_split_kernel(
 
 
 @triton.jit
-def _load_rows(Cache, blk, in_blk, mask_n, offs_d, mask_d, stride_b, stride_s, HEAD_DIM: tl.constexpr,
-               BITS: tl.constexpr):
-    """A [N, BLOCK_D] fp32 tile of one kv head: the values (BITS 0) or the raw int8 / int4 codes. Codes become
-    fp32 through the exponent trick (bits | 0x4B000000 is 2^23 + code as a float): two full-rate ALU ops instead
-    of the quarter-rate int-to-float conversion, which is what bounds this kernel on quantized caches."""
-    rows = blk[:, None] * stride_b + in_blk[:, None] * stride_s
-    mask = mask_n[:, None] & mask_d[None, :]
-    if BITS == 0:
-        return tl.load(Cache + rows + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
-    if BITS == 8:
-        codes = tl.load(Cache + rows + offs_d[None, :], mask=mask, other=0).to(tl.int32)
-    else:
-        half = HEAD_DIM // 2
-        packed = tl.load(Cache + rows + (offs_d % half)[None, :], mask=mask, other=0).to(tl.int32)
-        codes = (packed >> ((offs_d // half) * 4)[None, :]) & 15
-    return (codes | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-
-
-@triton.jit
 def _decode_mha_kernel(
     Q,
     KCache,
@@ -237,7 +218,7 @@ def _decode_mha_kernel(
         mask_n = offs_n < end
         blk = tl.load(table + offs_n // block_size, mask=mask_n, other=0).to(tl.int64)
         in_blk = offs_n % block_size
-        k = _load_rows(k_base, blk, in_blk, mask_n, offs_d, mask_d, stride_kb, stride_ks, HEAD_DIM, BITS)
+        k = load_kv_rows(k_base, blk, in_blk, mask_n, offs_d, mask_d, stride_kb, stride_ks, HEAD_DIM, BITS)
         s = tl.sum(k * q[None, :], 1)
         if BITS != 0:
             kz = kz_base + blk * stride_kzb + in_blk * stride_kzs
@@ -248,7 +229,7 @@ def _decode_mha_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new)
         l_i = l_i * alpha + tl.sum(p, 0)
-        v = _load_rows(v_base, blk, in_blk, mask_n, offs_d, mask_d, stride_vb, stride_vs, HEAD_DIM, BITS)
+        v = load_kv_rows(v_base, blk, in_blk, mask_n, offs_d, mask_d, stride_vb, stride_vs, HEAD_DIM, BITS)
         if BITS != 0:
             vz = vz_base + blk * stride_vzb + in_blk * stride_vzs
             p_scaled = p * tl.load(vz, mask=mask_n, other=0.0).to(tl.float32)

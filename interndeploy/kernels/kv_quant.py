@@ -1,8 +1,9 @@
 """Triton pieces of the int8 / int4 KV cache (quant_policy 8 / 4), shared by the store and attention kernels.
 
 Scheme and layout: `kernels/reference_kv.py`, the torch twin. `quantize_store` is the store kernel's
-quantization of one token's [Hkv, D] rows; `load_kv_tile` is how both attention kernels read a K or V tile
-of one kv head, whatever the cache holds:
+quantization of one token's [Hkv, D] rows; `load_kv_tile` is how the tensor-core attention kernels read a K or V
+tile of one kv head, whatever the cache holds (`load_kv_rows`, its first half, gives the codes alone, for
+kernels that apply scale and zero to row sums instead):
 
     BITS 0   values as stored (the compute dtype)
     BITS 8   uint8 codes [N, D]                          -> codes * scale + zero, fp32
@@ -79,6 +80,35 @@ def quantize_store(
 
 
 @triton.jit
+def load_kv_rows(
+    Cache,
+    blk,
+    in_blk,
+    mask_n,
+    offs_d,
+    mask_d,
+    stride_b,
+    stride_s,
+    HEAD_DIM: tl.constexpr,
+    BITS: tl.constexpr,
+):
+    """The [N, BLOCK_D] tile of rows (blk[n], in_blk[n]) of one kv head in fp32: the values (BITS 0) or the raw
+    int8 / int4 codes. Codes become fp32 through the exponent trick (bits | 0x4B000000 is 2^23 + code as a
+    float): two full-rate ALU ops instead of the quarter-rate int-to-float conversion. Rows off mask_n read 0."""
+    rows = blk[:, None] * stride_b + in_blk[:, None] * stride_s
+    mask = mask_n[:, None] & mask_d[None, :]
+    if BITS == 0:
+        return tl.load(Cache + rows + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    if BITS == 8:
+        codes = tl.load(Cache + rows + offs_d[None, :], mask=mask, other=0).to(tl.int32)
+    else:
+        half = HEAD_DIM // 2
+        packed = tl.load(Cache + rows + (offs_d % half)[None, :], mask=mask, other=0).to(tl.int32)
+        codes = (packed >> ((offs_d // half) * 4)[None, :]) & 15
+    return (codes | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
 def load_kv_tile(
     Cache,
     ScaleZero,
@@ -97,21 +127,15 @@ def load_kv_tile(
     """The [N, BLOCK_D] tile of rows (blk[n], in_blk[n]) of one kv head (Cache / ScaleZero point at its head):
     as stored for BITS 0, dequantized to fp32 otherwise. Rows off mask_n read 0; columns off mask_d are junk
     (0, or the row's zero point) that q's zero columns and the masked store of the output ignore."""
-    rows = blk[:, None] * stride_b + in_blk[:, None] * stride_s
-    mask = mask_n[:, None] & mask_d[None, :]
     if BITS == 0:
-        x = tl.load(Cache + rows + offs_d[None, :], mask=mask, other=0.0)
+        rows = blk[:, None] * stride_b + in_blk[:, None] * stride_s
+        x = tl.load(Cache + rows + offs_d[None, :], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
     else:
-        if BITS == 8:
-            codes = tl.load(Cache + rows + offs_d[None, :], mask=mask, other=0).to(tl.int32)
-        else:
-            half = HEAD_DIM // 2
-            packed = tl.load(Cache + rows + (offs_d % half)[None, :], mask=mask, other=0).to(tl.int32)
-            codes = (packed >> ((offs_d // half) * 4)[None, :]) & 15
+        codes = load_kv_rows(Cache, blk, in_blk, mask_n, offs_d, mask_d, stride_b, stride_s, HEAD_DIM, BITS)
         sz = ScaleZero + blk * stride_zb + in_blk * stride_zs
         scale = tl.load(sz, mask=mask_n, other=0.0).to(tl.float32)
         zero = tl.load(sz + 1, mask=mask_n, other=0.0).to(tl.float32)
-        x = codes.to(tl.float32) * scale[:, None] + zero[:, None]
+        x = codes * scale[:, None] + zero[:, None]
     return x
 
 
