@@ -10,7 +10,9 @@
                                    lock-step (an idle one runs a one-token dummy batch)
 
 Backends: NCCL between GPUs (small tp all-reduces of a one-host engine through symmetric memory instead:
-one_shot_all_reduce.py), gloo on CPU. A second gloo group (`cpu_group`) carries the engine's
+one_shot_all_reduce.py), gloo on CPU. Rank 0's step messages to the other ranks of one host go through a
+shared-memory ring (shm_broadcast.py; GPU engines on x86-64, INTERNDEPLOY_TP_CONTROL=shm|gloo to choose),
+else over the gloo group below. A second gloo group (`cpu_group`) carries the engine's
 per-step control messages (int64 tensors, never pickles) with a long timeout, since a worker may wait
 for the next step for as long as the server is idle.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import array
 import datetime
 import fcntl
+import hashlib
 import logging
 import os
 import socket
@@ -37,7 +40,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from . import shm_broadcast
 from .one_shot_all_reduce import OneShotAllReduce
+from .shm_broadcast import ShmBroadcast
 
 logger = logging.getLogger("interndeploy")
 
@@ -59,6 +64,7 @@ class ParallelState:
     device: torch.device
     cpu_group: dist.ProcessGroup | None = None  # gloo group of the world, for control messages
     one_shot: OneShotAllReduce | None = None  # small tp all-reduces over symmetric memory (GPUs, tp == world)
+    control: ShmBroadcast | None = None  # rank 0's step messages through shared memory (one host, tp == world)
     # the tp group and the ep group are the world whenever their size is > 1 (see the module docstring)
 
 
@@ -226,14 +232,56 @@ def init_distributed(
     cpu_group = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
     tp_rank = rank % tp_size
     ep_rank = rank if ep_size > 1 else 0
-    one_shot = None
-    if device.type == "cuda" and tp_size == world_size > 1:
-        one_shot = OneShotAllReduce.create(device, cpu_group)
+    one_shot = control = None
+    if tp_size == world_size > 1:
+        one_host = _all_on_one_host(cpu_group)
+        if device.type == "cuda":
+            one_shot = OneShotAllReduce.create(device, cpu_group, one_host)
+        control = _shm_control(rank, world_size, cpu_group, one_host, device)
     _STATE = ParallelState(rank, world_size, tp_rank, tp_size, ep_rank, ep_size, ep_tokens_replicated, device,
-                           cpu_group, one_shot)
+                           cpu_group, one_shot, control)
     logger.info("rank %d/%d joined (%s, tp %d, ep %d) via %s:%d", rank, world_size, backend, tp_size, ep_size,
                 master_addr, master_port)
     return _STATE
+
+
+def _all_on_one_host(cpu_group: dist.ProcessGroup) -> bool:
+    host = int.from_bytes(hashlib.sha256(socket.gethostname().encode()).digest()[:7], "little")
+    span = torch.tensor([host, -host], dtype=torch.int64)
+    dist.all_reduce(span, op=dist.ReduceOp.MIN, group=cpu_group)  # [min, -max]: equal when one host
+    return int(span[0]) == -int(span[1])
+
+
+def _shm_control(
+    rank: int, world_size: int, cpu_group: dist.ProcessGroup, one_host: bool, device: torch.device
+) -> ShmBroadcast | None:
+    """Collective: the shared-memory channel for rank 0's step messages, or None on every rank (gloo then).
+    On by default for GPU ranks of one x86-64 host; INTERNDEPLOY_TP_CONTROL=shm|gloo forces it either way
+    (shm still needs one host)."""
+    want = (env("TP_CONTROL", "") or "").lower()
+    ok = int(one_host and shm_broadcast.supported() and (want == "shm" or (want != "gloo" and device.type == "cuda")))
+    channel = None
+    if rank == 0 and ok:
+        try:
+            channel = ShmBroadcast.create(world_size - 1)
+        except OSError as e:
+            logger.info("no shared memory for the step messages (%s); they go over gloo", e)
+            ok = 0
+    name = broadcast_ints([ok, *map(ord, channel.name)] if channel is not None else [ok], group=cpu_group)
+    if rank != 0 and name[0]:
+        try:
+            channel = ShmBroadcast.attach("".join(map(chr, name[1:])), world_size - 1, rank - 1)
+        except OSError as e:
+            logger.info("cannot attach rank 0's shared memory (%s); step messages go over gloo", e)
+            ok = 0
+    agree = torch.tensor([ok and name[0]], dtype=torch.int64)
+    dist.all_reduce(agree, op=dist.ReduceOp.MIN, group=cpu_group)
+    if int(agree.item()) == 0:
+        if channel is not None:
+            channel.close()
+        return None
+    logger.info("rank %d: step messages through shared memory %s", rank, channel.name)
+    return channel
 
 
 _DESTROY_TIMEOUT_S = 10.0
@@ -243,6 +291,8 @@ def destroy_distributed() -> None:
     global _STATE
     if _STATE is None:
         return
+    if _STATE.control is not None:
+        _STATE.control.close()
     _STATE = None
     if not dist.is_initialized():
         return
@@ -268,12 +318,27 @@ def destroy_distributed() -> None:
 _HEADER = 256  # int64 words sent in the first broadcast; longer messages add a second one
 
 
-def broadcast_ints(values: list[int] | None, src: int = 0) -> list[int] | None:
+def broadcast_ints(
+    values: list[int] | None, src: int = 0, group: dist.ProcessGroup | None = None
+) -> list[int] | None:
     """Rank `src` sends `values` (None = shutdown) to every rank of the world; the others get them back.
-    Plain integers in int64 tensors: no pickle crosses these sockets."""
-    group = _STATE.cpu_group if _STATE is not None else None
+    Plain integers: through the shared-memory channel when the world has one (src 0), else int64 tensors
+    over the gloo group. No pickle crosses either."""
+    control = _STATE.control if _STATE is not None and src == 0 and group is None else None
+    if control is not None:
+        if _STATE.rank == src:
+            if control.write(values):
+                return values
+        else:
+            got = control.read()
+            if got != shm_broadcast.OVERFLOW:
+                return got
+    return _broadcast_ints_gloo(values, src, group or (_STATE.cpu_group if _STATE is not None else None))
+
+
+def _broadcast_ints_gloo(values: list[int] | None, src: int, group: dist.ProcessGroup | None) -> list[int] | None:
     head = torch.zeros(_HEADER, dtype=torch.int64)
-    if _STATE is not None and _STATE.rank == src:
+    if dist.get_rank() == src:
         n = -1 if values is None else len(values)
         head[0] = n
         if values:

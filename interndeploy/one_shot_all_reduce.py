@@ -15,10 +15,8 @@ Set INTERNDEPLOY_TP_ALL_REDUCE=nccl to keep every all-reduce on NCCL.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -26,10 +24,6 @@ import torch.distributed as dist
 logger = logging.getLogger("interndeploy")
 
 MAX_BYTES = 512 * 1024  # batch 64 at hidden 4096 in bf16
-
-
-def _host_id() -> int:
-    return int.from_bytes(hashlib.sha256(socket.gethostname().encode()).digest()[:7], "little")
 
 
 class OneShotAllReduce:
@@ -40,16 +34,16 @@ class OneShotAllReduce:
         self.group_name = group_name
 
     @classmethod
-    def create(cls, device: torch.device, cpu_group: dist.ProcessGroup | None) -> OneShotAllReduce | None:
+    def create(
+        cls, device: torch.device, cpu_group: dist.ProcessGroup | None, one_host: bool
+    ) -> OneShotAllReduce | None:
         """Collective (every rank of the default group calls it): the all-reduce, or None on every rank when
-        any rank cannot make one (then all of them stay on NCCL)."""
+        any rank cannot make one (then all of them stay on NCCL). `one_host`: all ranks share this host (peer
+        mappings do not reach across nodes)."""
         ok, made = 1, None
-        host = _host_id()
-        same_host = torch.tensor([host, -host], dtype=torch.int64)
-        dist.all_reduce(same_host, op=dist.ReduceOp.MIN, group=cpu_group)  # [min, -max]: equal when one host
         if os.environ.get("INTERNDEPLOY_TP_ALL_REDUCE", "").lower() == "nccl" or device.type != "cuda":
             ok = 0
-        elif int(same_host[0]) != -int(same_host[1]):  # ranks on several nodes: no peer mapping across them
+        elif not one_host:
             ok = 0
         else:
             try:

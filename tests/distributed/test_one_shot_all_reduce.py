@@ -26,7 +26,7 @@ def _cpu_worker(rank: int, port: int, env_value: str, results) -> None:
 
     OneShotAllReduce._make = classmethod(make)
     try:
-        made = OneShotAllReduce.create(torch.device("cuda", rank), state.cpu_group)
+        made = OneShotAllReduce.create(torch.device("cuda", rank), state.cpu_group, True)
         x = torch.full((4,), float(rank + 1))
         distributed.tp_all_reduce(x)  # NCCL's (here gloo's) path: state.one_shot stays None off GPUs
         results[rank] = (made is None, state.one_shot is None, x.tolist())

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,14 @@ def test_tp2_with_async_scheduling_equals_tp1(dense_dir: Path) -> None:
     # rank 0's sampled tokens, broadcast on the device after each step
     prompts = PROMPTS + [f"prompt {i} " * (1 + i % 5) for i in range(6)]
     assert _greedy(dense_dir, prompts, tp=2, async_scheduling=True) == _greedy(dense_dir, prompts)
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="shm channel is x86-64 only")
+def test_tp2_with_shared_memory_step_messages_equals_tp1(dense_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the GPU default (rank 0's step messages through shared memory), forced on CPU; async too, so that the
+    # channel carries steps launched ahead
+    monkeypatch.setenv("INTERNDEPLOY_TP_CONTROL", "shm")
+    prompts = PROMPTS + [f"prompt {i} " * (1 + i % 5) for i in range(6)]
+    ref = _greedy(dense_dir, prompts)
+    assert _greedy(dense_dir, prompts, tp=2) == ref
+    assert _greedy(dense_dir, prompts, tp=2, async_scheduling=True) == ref
