@@ -1,7 +1,10 @@
 """On two GPUs of one host: TP=2 greedy tokens equal TP=1's (fp32 tiny models, dense and MoE, TP+EP), then
 `interndeploy bench latency/throughput SHAPE` with --tp 1 and --tp 2 side by side. One JSON line per result.
 
-    PYTHONPATH=$(pwd) python3 scripts/gpu_tp.py [SHAPE]
+    PYTHONPATH=$(pwd) python3 scripts/gpu_tp.py [SHAPE] [--bench-only] [--profile]
+
+--profile: one more TP=2 throughput run with every rank's step loop under cProfile; the top functions by own
+time for rank 0's engine thread and for each worker.
 
 Every engine runs in its own process with a time limit; a stuck one prints all its ranks' Python stacks
 (INTERNDEPLOY_HANG_DUMP_S) before it is killed, and the script goes on.
@@ -69,13 +72,13 @@ def equality() -> dict[str, bool]:
     return ok
 
 
-def bench(shape: str, kind: str, tp: int, extra: list[str], timeout: float) -> None:
+def bench(shape: str, kind: str, tp: int, extra: list[str], timeout: float, env: dict | None = None) -> None:
     cmd = [sys.executable, "-m", "interndeploy.cli.main", "bench", kind, shape, "--tp", str(tp), "--json",
            "--log-level", "INFO", "--input-len", "128", "--output-len", "256", "--max-batch-size", "64",
            "--session-len", "1024", *extra]
     t = time.time()
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or ENV)
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
         phases = ("built", "captured", "ready", "joined", "KV cache")
         for ln in out.stderr.splitlines():  # start-up phases with their times
@@ -88,6 +91,22 @@ def bench(shape: str, kind: str, tp: int, extra: list[str], timeout: float) -> N
         print(json.dumps({"bench": f"{kind} tp{tp}", "failed": f"timeout {timeout}s", "stderr": err[-3000:]}),
               flush=True)
     print(f"# {kind} tp{tp} took {time.time() - t:.1f} s", flush=True)
+
+
+
+def profile_tp(shape: str, top: int = 22) -> None:
+    import glob
+    import io
+    import pstats
+
+    path = tempfile.mktemp(suffix=".prof")
+    bench(shape, "throughput", 2, ["--num-prompts", "256"], timeout=240,
+          env=dict(ENV, INTERNDEPLOY_PROFILE_ENGINE=path))
+    for f in sorted(glob.glob(path + "*")):
+        buf = io.StringIO()
+        pstats.Stats(f, stream=buf).sort_stats("tottime").print_stats(top)
+        body = buf.getvalue()
+        print(f"# profile {os.path.basename(f)}\n" + body[body.find("ncalls") - 40:], flush=True)
 
 
 if __name__ == "__main__":
@@ -108,4 +127,7 @@ if __name__ == "__main__":
     for kind, extra in (("latency", []), ("throughput", ["--num-prompts", "256"])):
         for tp in (1, 2):
             bench(shape, kind, tp, extra + ([] if graphs or tp == 1 else ["--eager-mode"]), timeout=200)
+    if "--profile" in sys.argv:
+        profile_tp(shape)
     print(f"# total {time.time() - t0:.1f} s", flush=True)
+

@@ -17,6 +17,7 @@ gathers the logits, and rank 0 alone samples. Workers do nothing but wait for th
 
 from __future__ import annotations
 
+import cProfile
 import logging
 import os
 import signal
@@ -95,17 +96,30 @@ def run_worker(
     try:
         runner = ModelRunner(info, _rank_config(cfg, dev), session_len, max_batch_size)
         logger.info("tensor-parallel rank %d ready on %s", rank, dev)
-        while True:
-            msg = distributed.broadcast_ints(None)
-            if msg is None:
-                break
-            step = StepInputs.unpack(msg)
-            runner.run_step(step)
-            if step.last_index:  # rank 0 sampled: its tokens are the next step's pending input ids
-                runner.receive_sampled(len(step.last_index))
+        # INTERNDEPLOY_PROFILE_ENGINE=FILE profiles rank 0's engine thread; each worker's loop goes to FILE.rankN
+        profile_to = os.environ.get("INTERNDEPLOY_PROFILE_ENGINE")
+        prof = cProfile.Profile() if profile_to else None
+        if prof:
+            prof.enable()
+        _serve_steps(runner)
+        if prof:
+            prof.disable()
+            prof.dump_stats(f"{profile_to}.rank{rank}")
         runner.close()
     finally:
         distributed.destroy_distributed()
+
+
+def _serve_steps(runner: ModelRunner) -> None:
+    """A worker's loop: run every step rank 0 sends until it sends the end."""
+    while True:
+        msg = distributed.broadcast_ints(None)
+        if msg is None:
+            return
+        step = StepInputs.unpack(msg)
+        runner.run_step(step)
+        if step.last_index:  # rank 0 sampled: its tokens are the next step's pending input ids
+            runner.receive_sampled(len(step.last_index))
 
 
 def _mp_worker_main(*args: Any) -> None:
