@@ -15,6 +15,7 @@ import cProfile
 import logging
 import os
 import queue
+import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -51,6 +52,16 @@ def _profiled(loop: Callable[[], None], path: str) -> None:
     finally:
         prof.disable()
         prof.dump_stats(path)
+
+
+def _shorten_gil_switch_interval() -> None:
+    """The engine thread shares the GIL with the event loop's thread. When it returns from a call that let
+    the GIL go (a device wait, a collective) while the loop's thread runs Python (waking a step's streams),
+    it waits up to the switch interval (5 ms by default): a whole decode step. INTERNDEPLOY_GIL_SWITCH_MS
+    (default 0.5; 0 keeps Python's) bounds that wait; the interval is process-wide and only ever lowered."""
+    ms = float(os.environ.get("INTERNDEPLOY_GIL_SWITCH_MS", "0.5"))
+    if ms > 0:
+        sys.setswitchinterval(min(sys.getswitchinterval(), ms / 1e3))
 
 
 def _put_all(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
@@ -107,6 +118,7 @@ class AsyncEngine:
         self._stopping = False
         # INTERNDEPLOY_PROFILE_ENGINE=FILE: the engine thread runs under cProfile and writes its stats to FILE
         # when it stops (`python -m pstats FILE`): where a step's host time goes under real load
+        _shorten_gil_switch_interval()
         target = self._loop
         profile_to = os.environ.get("INTERNDEPLOY_PROFILE_ENGINE")
         if profile_to:

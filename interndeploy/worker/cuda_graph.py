@@ -8,6 +8,10 @@ are copied into static buffers; the rows past n are padding that touch nothing:
 
 The attention path used inside the graph reads only device tensors (no host
 lists), and its grid depends only on the static shapes (block_tables columns).
+
+Each graph ends with the LM head over all its rows (with tensor parallelism, the
+gather of the vocabulary shards too): a decode step samples every row, so its
+logits come out of the replay with no eager launch or collective after it.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ class DecodeCudaGraphs:
             self.block_tables = torch.zeros(n, max_blocks_per_seq, dtype=torch.int32)
         self.capture_mode = "thread_local" if tp_rank_and_size()[1] > 1 else "global"
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        self.outputs: dict[int, torch.Tensor] = {}  # hidden states [bs, H]
+        self.logits: dict[int, torch.Tensor] = {}  # [bs, V] fp32
 
     def _meta(self, bs: int) -> AttentionMetadata:
         return AttentionMetadata(
@@ -71,15 +76,18 @@ class DecodeCudaGraphs:
         for bs in reversed(self.buckets):  # largest first so smaller graphs reuse its memory pool
             meta = self._meta(bs)
             with forward_context(meta):
-                self.model(self.input_ids[:bs], self.positions[:bs])  # warm-up: lazy inits, autotuning
+                # warm-up: lazy inits, autotuning
+                self.model.compute_logits(self.model(self.input_ids[:bs], self.positions[:bs]))
                 torch.cuda.synchronize(self.device)
                 graph = torch.cuda.CUDAGraph()
                 # thread_local: NCCL's watchdog thread may query its events while a tp rank captures
                 with torch.cuda.graph(graph, pool, capture_error_mode=self.capture_mode):
                     out = self.model(self.input_ids[:bs], self.positions[:bs])
+                    logits = self.model.compute_logits(out)
             pool = graph.pool()
             self.graphs[bs] = graph
             self.outputs[bs] = out
+            self.logits[bs] = logits
         torch.cuda.synchronize(self.device)
         logger.info("captured decode CUDA graphs for batch sizes %s", self.buckets)
 
@@ -88,7 +96,10 @@ class DecodeCudaGraphs:
             meta.block_tables.shape[1] <= self.max_blocks
         )
 
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replay the smallest bucket that holds the step -> (hidden [n, H], logits [n, V] fp32), views of the
+        graph's static outputs: valid until the next replay, in stream order."""
         n = input_ids.shape[0]
         bs = next(b for b in self.buckets if b >= n)
         width = meta.block_tables.shape[1]
@@ -102,4 +113,4 @@ class DecodeCudaGraphs:
             self.slot_mapping[n:bs].fill_(-1)
             self.seq_lens[n:bs].zero_()
         self.graphs[bs].replay()
-        return self.outputs[bs][:n]
+        return self.outputs[bs][:n], self.logits[bs][:n]

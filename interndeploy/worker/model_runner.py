@@ -136,7 +136,9 @@ class ModelRunner:
         `input_embeds` [T, H] replaces the embedding of the input ids (image/video features spliced in)."""
         meta, input_ids, positions, last_index = step.to_device(self.device, self.block_size, self._prev_tokens)
         if input_embeds is None and self.graphs is not None and self.graphs.can_run(meta):
-            hidden = self.graphs.run(input_ids, positions, meta)
+            hidden, logits = self.graphs.run(input_ids, positions, meta)
+            if len(last_index) == len(hidden) and last_index[-1] == len(hidden) - 1:
+                return logits  # every row samples (last_index is increasing): the graph's own LM head
         else:
             with forward_context(meta):
                 if input_embeds is None:
