@@ -79,7 +79,8 @@ class OneShotAllReduce:
         return made
 
     def takes(self, x: torch.Tensor) -> bool:
-        return x.is_contiguous() and x.numel() * x.element_size() <= MAX_BYTES and x.device == self.buffer.device
+        nbytes = x.numel() * x.element_size()  # the kernel moves whole 4-byte words
+        return x.is_contiguous() and nbytes <= MAX_BYTES and nbytes % 4 == 0 and x.device == self.buffer.device
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Sum of x over the ranks, written into x (contiguous, at most MAX_BYTES)."""

@@ -118,6 +118,7 @@ def main() -> None:
     ap.add_argument("--bs", type=int, nargs="+", default=[1, 64])
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--eager-mode", action="store_true")
+    ap.add_argument("--tp", type=int, default=1, help="tensor parallel: kernels of rank 0")
     ap.add_argument("--prompt-len", type=int, default=128, help="context length the decode steps start from")
     ap.add_argument("--max-batch-size", type=int, default=256)
     ap.add_argument("--quant-policy", type=int, default=0, choices=[0, 4, 8], help="KV cache int8 / int4")
@@ -125,12 +126,12 @@ def main() -> None:
                     help="profile prefill of NUM prompts of LEN tokens instead of decode")
     args = ap.parse_args()
     cfg = EngineConfig(load_format="dummy", eager_mode=args.eager_mode, max_batch_size=args.max_batch_size,
-                       session_len=4096, quant_policy=args.quant_policy)
+                       session_len=4096, quant_policy=args.quant_policy, tp=args.tp)
     info = load_model_info(str(shape_model_dir(args.shape)), None, True, False)
     t = time.perf_counter()
     eng = LLMEngine(info, cfg, Tokenizer.from_dir(info.path))
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(json.dumps({"shape": args.shape, "gpu": gpu, "start_s": time.perf_counter() - t}), flush=True)
+    print(json.dumps({"shape": args.shape, "tp": args.tp, "gpu": gpu, "start_s": time.perf_counter() - t}), flush=True)
     if args.prefill:
         print(json.dumps(profile_prefill(eng, int(info.config["vocab_size"]), *args.prefill)), flush=True)
         return

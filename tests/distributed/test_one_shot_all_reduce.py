@@ -45,6 +45,18 @@ def test_ranks_agree_to_stay_on_the_process_group(env_value: str) -> None:
         assert dict(results) == {0: (True, True, [3.0] * 4), 1: (True, True, [3.0] * 4)}
 
 
+def test_takes_only_whole_words_that_fit() -> None:
+    """The one-shot kernel moves 4-byte words: a bf16 tensor of odd length stays on the process group."""
+    from interndeploy.one_shot_all_reduce import MAX_BYTES, OneShotAllReduce
+
+    path = OneShotAllReduce(torch.empty(MAX_BYTES, dtype=torch.uint8), "unused")
+    assert path.takes(torch.ones(2, dtype=torch.bfloat16))
+    assert not path.takes(torch.ones(3, dtype=torch.bfloat16))
+    assert path.takes(torch.ones(MAX_BYTES // 2, dtype=torch.bfloat16))
+    assert not path.takes(torch.ones(MAX_BYTES // 2 + 2, dtype=torch.bfloat16))
+    assert not path.takes(torch.ones(4, 2, dtype=torch.float32).t())  # not contiguous
+
+
 def _gpu_worker(rank: int, port: int, results) -> None:
     from interndeploy import distributed
 
@@ -55,7 +67,7 @@ def _gpu_worker(rank: int, port: int, results) -> None:
     try:
         one_shot = state.one_shot
         out = {"made": one_shot is not None}
-        for n in (1, 4096 + 3, 262144):  # odd sizes, and the largest that takes the path at bf16
+        for n in (1, 4096 + 3, 4096 + 4, 262144):  # odd byte counts (NCCL's path), and the largest one-shot
             x = torch.randn(n, dtype=torch.bfloat16, device=device, generator=torch.Generator(device).manual_seed(n))
             x = x * (rank + 1)
             want = x.float().clone()
