@@ -62,18 +62,21 @@ def main() -> None:
         print(json.dumps({"built_checkpoint_s": build_checkpoint(args.shape, model)}), flush=True)
     write_calib_text(calib, words=600_000)
     cli = [sys.executable, "-m", "interndeploy.cli.main"]
-    cmd = [*cli, "lite", "auto_awq", str(model), "--work-dir", str(work), "--calib-dataset", str(calib),
-           "--calib-samples", "128", "--calib-seqlen", "2048", "--search-scale", str(args.search_scale)]
-    wall, rc, out = run(cmd, args.timeout)
-    progress = [ln for ln in out.replace("\r", "\n").splitlines() if "auto_awq" in ln]
-    print(json.dumps({"auto_awq": args.shape, "search_scale": args.search_scale, "calib": "128 x 2048",
-                      "wall_s": round(wall, 1), "rc": rc, "last": progress[-3:] or out[-1500:]}), flush=True)
-    if rc == 0:
-        wall, rc, out = run([*cli, "bench", "latency", str(work), "--input-len", "128", "--output-len", "128",
-                             "--json"], 150)
-        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-        print(lines[-1] if lines else json.dumps({"bench_awq_output": "failed", "tail": out[-1500:]}), flush=True)
-
+    for search in (False, True) if args.search_scale else (False,):
+        out_dir = work.with_name(f"awq-search{int(search)}")
+        cmd = [*cli, "lite", "auto_awq", str(model), "--work-dir", str(out_dir), "--calib-dataset", str(calib),
+               "--calib-samples", "128", "--calib-seqlen", "2048", "--search-scale", str(search)]
+        wall, rc, out = run(cmd, args.timeout)
+        progress = [ln for ln in out.replace("\r", "\n").splitlines() if "auto_awq" in ln]
+        print(json.dumps({"auto_awq": args.shape, "search_scale": search, "calib": "128 x 2048",
+                          "wall_s": round(wall, 1), "rc": rc, "last": progress[-2:] or out[-1500:]}), flush=True)
+        if rc != 0 or search:
+            continue
+        for dtype in ("auto", "float16"):  # auto: bf16 (torch's int4 kernel); float16 as the checkpoint
+            wall, rc, out = run([*cli, "bench", "latency", str(out_dir), "--input-len", "128", "--output-len", "128",
+                                 "--dtype", dtype, "--json"], 150)
+            lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+            print(f"dtype {dtype}: " + (lines[-1] if lines else f"failed {out[-1500:]}"), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -20,6 +20,7 @@ from ..layers.rotary import RotaryEmbedding
 from ..model_dir import ModelInfo
 from ..models.loader import init_dummy_weights, load_weights
 from ..models.registry import get_model_class
+from ..quant import awq_tinygemm
 from ..quant.formats import linear_methods, resolve_weight_format
 from .async_output import AsyncStepOutput, ModelRunnerOutput, TokenLogprobs
 from .cuda_graph import DecodeCudaGraphs
@@ -42,14 +43,16 @@ def pick_device(name: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pick_dtype(name: str, config: dict, device: torch.device) -> torch.dtype:
+def pick_dtype(name: str, config: dict, device: torch.device, weight_format: str = "hf") -> torch.dtype:
     if name != "auto":
         return getattr(torch, name)
     if device.type == "cpu":
         return torch.float32  # reference path; bf16 matmuls are slow on most CPUs
     declared = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}.get(declared)
-    if dtype in (None, torch.float32):
+    if dtype in (None, torch.float32) or (weight_format == "awq" and awq_tinygemm.kernel_available(device)):
+        # AWQ checkpoints are fp16, but torch's int4 kernel (decode) computes in bf16: running the model in
+        # bf16 saves two casts per linear layer, 18 % of a 7B decode step on an H100; --dtype float16 keeps fp16
         dtype = torch.bfloat16
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         dtype = torch.float16
@@ -60,9 +63,9 @@ class ModelRunner:
     def __init__(self, info: ModelInfo, cfg: EngineConfig, session_len: int, max_batch_size: int) -> None:
         self.cfg = cfg
         self.device = pick_device(cfg.device)
-        self.dtype = pick_dtype(cfg.dtype, info.config, self.device)
-        model_cls = get_model_class(info.config.get("architectures") or [])
         self.weight_format = resolve_weight_format(info.config, cfg.model_format, info.path, cfg.load_format == "dummy")
+        self.dtype = pick_dtype(cfg.dtype, info.config, self.device, self.weight_format)
+        model_cls = get_model_class(info.config.get("architectures") or [])
         t0 = time.perf_counter()
         prev_dtype = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
