@@ -104,3 +104,16 @@ def test_tp2_with_shared_memory_step_messages_equals_tp1(dense_dir: Path, monkey
     ref = _greedy(dense_dir, prompts)
     assert _greedy(dense_dir, prompts, tp=2) == ref
     assert _greedy(dense_dir, prompts, tp=2, async_scheduling=True) == ref
+
+
+def test_profiling_covers_every_tp_rank(dense_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # INTERNDEPLOY_PROFILE_ENGINE=FILE: rank 0's engine thread to FILE, each worker's step loop to FILE.rankN
+    import pstats
+
+    path = tmp_path / "engine.prof"
+    monkeypatch.setenv("INTERNDEPLOY_PROFILE_ENGINE", str(path))
+    assert len(_greedy(dense_dir, PROMPTS[:2], tp=2)) == 2
+    worker = pstats.Stats(str(path.with_name("engine.prof.rank1")))
+    assert any(name == "run_step" for _, _, name in worker.stats)  # type: ignore[attr-defined]
+    engine = pstats.Stats(str(path))
+    assert any(name == "step" for _, _, name in engine.stats)  # type: ignore[attr-defined]
