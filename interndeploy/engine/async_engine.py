@@ -116,9 +116,9 @@ class AsyncEngine:
         self._wake = threading.Event()
         self._sinks: dict[str, _Sink] = {}
         self._stopping = False
+        _shorten_gil_switch_interval()
         # INTERNDEPLOY_PROFILE_ENGINE=FILE: the engine thread runs under cProfile and writes its stats to FILE
         # when it stops (`python -m pstats FILE`): where a step's host time goes under real load
-        _shorten_gil_switch_interval()
         target = self._loop
         profile_to = os.environ.get("INTERNDEPLOY_PROFILE_ENGINE")
         if profile_to:

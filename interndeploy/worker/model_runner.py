@@ -52,7 +52,8 @@ def pick_dtype(name: str, config: dict, device: torch.device, weight_format: str
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}.get(declared)
     if dtype in (None, torch.float32) or (weight_format == "awq" and awq_tinygemm.kernel_available(device)):
         # AWQ checkpoints are fp16, but torch's int4 kernel (decode) computes in bf16: running the model in
-        # bf16 saves two casts per linear layer, 18 % of a 7B decode step on an H100; --dtype float16 keeps fp16
+        # bf16 saves two casts per linear layer (a 7B decode step on an H100: 3.07 ms, 3.89 in fp16);
+        # --dtype float16 keeps fp16
         dtype = torch.bfloat16
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         dtype = torch.float16
