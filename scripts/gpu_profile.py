@@ -5,7 +5,7 @@
 - GPU ms per step (the sum of the kernels' durations in a torch.profiler trace) and the top kernels;
 - the host's hot spots (cProfile, by own time).
 
-    PYTHONPATH=$(pwd) python3 scripts/gpu_profile.py SHAPE [--bs 1 64] [--steps 64] [--eager-mode]
+    PYTHONPATH=$(pwd) python3 scripts/gpu_profile.py SHAPE [--bs 1 64] [--steps 64] [--eager-mode] [--model-format fp8]
 """
 
 from __future__ import annotations
@@ -49,14 +49,20 @@ def _drain(eng: LLMEngine) -> None:
         eng.step()
 
 
-def _kernel_table(prof: profile, steps: int) -> tuple[float, list[tuple[str, float]]]:
+TOP_KERNELS = 14
+
+
+def _kernel_table(prof: profile, steps: int) -> tuple[float, list[tuple[str, float, float]]]:
+    """GPU ms per step, and the top kernels: (name, ms per step, launches per step)."""
     per_name: dict[str, float] = defaultdict(float)
+    count: dict[str, int] = defaultdict(int)
     for evt in prof.events():
         if evt.device_type == torch.autograd.DeviceType.CUDA:
             per_name[evt.name[:90]] += evt.device_time_total if hasattr(evt, "device_time_total") else evt.cuda_time
+            count[evt.name[:90]] += 1
     total = sum(per_name.values()) / steps / 1e3
-    top = sorted(per_name.items(), key=lambda kv: -kv[1])[:14]
-    return total, [(name, us / steps / 1e3) for name, us in top]
+    top = sorted(per_name.items(), key=lambda kv: -kv[1])[:TOP_KERNELS]
+    return total, [(name, us / steps / 1e3, count[name] / steps) for name, us in top]
 
 
 def profile_bs(eng: LLMEngine, vocab: int, bs: int, steps: int, async_on: bool, prompt_len: int = 128) -> dict:
@@ -84,12 +90,18 @@ def profile_bs(eng: LLMEngine, vocab: int, bs: int, steps: int, async_on: bool, 
     for rid in list(eng.requests):
         eng.abort_request(rid)
     _drain(eng)
-    return {"case": tag, "wall_ms_per_step": wall, "gpu_ms_per_step": gpu, "top_kernels_ms": top,
-            "host_profile": buf.getvalue().splitlines()[:40]}
+    return {
+        "case": tag,
+        "wall_ms_per_step": wall,
+        "gpu_ms_per_step": gpu,
+        "top_kernels_ms": top,
+        "host_profile": buf.getvalue().splitlines()[:40],
+    }
 
 
 def profile_prefill(eng: LLMEngine, vocab: int, num: int, length: int) -> dict:
     """`num` prompts of `length` tokens, one output token each: all steps until done, kernels per step."""
+
     def submit(tag: str) -> None:
         gen = torch.Generator().manual_seed(1)
         for i in range(num):
@@ -108,11 +120,18 @@ def profile_prefill(eng: LLMEngine, vocab: int, num: int, length: int) -> dict:
         _sync()
     wall = time.perf_counter() - t
     gpu, top = _kernel_table(prof, steps)
-    return {"case": f"prefill {num}x{length}", "steps": steps, "wall_ms": wall * 1e3, "gpu_ms_per_step": gpu,
-            "prompt_tok_per_s": num * length / wall, "top_kernels_ms": top}
+    return {
+        "case": f"prefill {num}x{length}",
+        "steps": steps,
+        "wall_ms": wall * 1e3,
+        "gpu_ms_per_step": gpu,
+        "prompt_tok_per_s": num * length / wall,
+        "top_kernels_ms": top,
+    }
 
 
 def main() -> None:
+    global TOP_KERNELS
     ap = argparse.ArgumentParser()
     ap.add_argument("shape")
     ap.add_argument("--bs", type=int, nargs="+", default=[1, 64])
@@ -121,12 +140,28 @@ def main() -> None:
     ap.add_argument("--tp", type=int, default=1, help="tensor parallel: kernels of rank 0")
     ap.add_argument("--prompt-len", type=int, default=128, help="context length the decode steps start from")
     ap.add_argument("--max-batch-size", type=int, default=256)
+    ap.add_argument("--model-format", default=None, choices=["hf", "awq", "fp8"], help="random weights in this format")
+    ap.add_argument("--top", type=int, default=TOP_KERNELS, help="kernels listed per case")
     ap.add_argument("--quant-policy", type=int, default=0, choices=[0, 4, 8], help="KV cache int8 / int4")
-    ap.add_argument("--prefill", type=int, nargs=2, metavar=("NUM", "LEN"), default=None,
-                    help="profile prefill of NUM prompts of LEN tokens instead of decode")
+    ap.add_argument(
+        "--prefill",
+        type=int,
+        nargs=2,
+        metavar=("NUM", "LEN"),
+        default=None,
+        help="profile prefill of NUM prompts of LEN tokens instead of decode",
+    )
     args = ap.parse_args()
-    cfg = EngineConfig(load_format="dummy", eager_mode=args.eager_mode, max_batch_size=args.max_batch_size,
-                       session_len=4096, quant_policy=args.quant_policy, tp=args.tp)
+    TOP_KERNELS = args.top
+    cfg = EngineConfig(
+        model_format=args.model_format,
+        load_format="dummy",
+        eager_mode=args.eager_mode,
+        max_batch_size=args.max_batch_size,
+        session_len=4096,
+        quant_policy=args.quant_policy,
+        tp=args.tp,
+    )
     info = load_model_info(str(shape_model_dir(args.shape)), None, True, False)
     t = time.perf_counter()
     eng = LLMEngine(info, cfg, Tokenizer.from_dir(info.path))

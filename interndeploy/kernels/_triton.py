@@ -5,6 +5,12 @@ raises when launched; layers never launch one then (`use_triton` is False), so C
 
 `use_triton(x)` is the one dispatch rule of the layers: Triton for CUDA tensors, the torch reference
 otherwise, or always the reference inside `reference_kernels()` / with INTERNDEPLOY_KERNELS=reference.
+
+Programmatic dependent launch (PDL, Hopper and later; INTERNDEPLOY_PDL=0 turns it off): the decode-path kernels
+are launched with `pdl_launch(device)`, so a kernel's programs may start while the kernel before it in the
+stream still runs its last wave (in CUDA graphs too). Each such kernel calls `pdl_wait(USE_PDL)` before it
+touches anything an earlier kernel writes or reads, in every program; only reads of memory no kernel writes
+(weights) may come before it. The wait also lets the next kernel launch, so at most one kernel runs ahead.
 """
 
 import functools
@@ -39,6 +45,37 @@ except ImportError:  # CPU-only install
 
     triton = SimpleNamespace(jit=_jit)  # type: ignore[assignment]
     tl = SimpleNamespace(constexpr=Any)  # annotations of the kernel signatures evaluate at import
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def pdl_wait(USE_PDL: tl.constexpr):
+        """Wait until the kernel before this one has finished and its writes are visible; then let the next
+        kernel's programs launch. A no-op unless launched with `pdl_launch`."""
+        if USE_PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+
+else:
+    pdl_wait = _jit(lambda USE_PDL: None)
+
+
+@functools.cache
+def _pdl_supported(device: torch.device) -> bool:
+    return (
+        HAS_TRITON
+        and device.type == "cuda"
+        and os.environ.get("INTERNDEPLOY_PDL", "1") != "0"
+        and torch.cuda.get_device_capability(device) >= (9, 0)
+    )
+
+
+def pdl_launch(device: torch.device) -> dict[str, bool]:
+    """Launch keyword arguments of a kernel that takes USE_PDL: dependent launch where the GPU has it."""
+    if _pdl_supported(device):
+        return {"USE_PDL": True, "launch_pdl": True}
+    return {"USE_PDL": False}
 
 
 _FORCE_REFERENCE = os.environ.get("INTERNDEPLOY_KERNELS", "").lower() == "reference"

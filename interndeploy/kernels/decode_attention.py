@@ -25,7 +25,7 @@ is read on the device, never on the host. A sequence of seq_len 0 (graph padding
 
 import torch
 
-from interndeploy.kernels._triton import cdiv, check, next_power_of_2, num_sms, tl, triton
+from interndeploy.kernels._triton import cdiv, check, next_power_of_2, num_sms, pdl_launch, pdl_wait, tl, triton
 from interndeploy.kernels.kv_quant import check_kv_caches, load_kv_rows, load_kv_tile
 
 _LOG2E = 1.4426950408889634
@@ -77,7 +77,9 @@ def _decode_split_kernel(
     NUM_SPLITS: tl.constexpr,
     IS_FP32: tl.constexpr,
     BITS: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -184,6 +186,7 @@ def _decode_mha_kernel(
     BLOCK_N: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     BITS: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """One query head per kv head (MHA): products on the CUDA cores, no tensor-core tile padded from 1 row to 16.
     A quantized cache is never dequantized element-wise; its per-token scale and zero apply to the row sums:
@@ -191,6 +194,7 @@ def _decode_mha_kernel(
         q . (c * s + z)        = s * (q . c) + z * sum(q)
         sum_n p_n (c_n s_n + z_n) = sum_n (p_n s_n) c_n + sum_n p_n z_n
     """
+    pdl_wait(USE_PDL)
     b = tl.program_id(0)
     head = tl.program_id(1)
     split = tl.program_id(2)
@@ -268,7 +272,9 @@ def _decode_reduce_kernel(
     BLOCK_N: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     seq_len = tl.load(SeqLens + b).to(tl.int32)
@@ -416,6 +422,7 @@ def decode_attention(
         **consts,
         num_warps=num_warps,
         num_stages=num_stages,
+        **pdl_launch(q.device),
     )
     if splits > 1:
         _decode_reduce_kernel[(batch, num_heads)](
@@ -436,5 +443,6 @@ def decode_attention(
             NUM_SPLITS=splits,
             BLOCK_S=max(2, next_power_of_2(splits)),
             num_warps=4,
+            **pdl_launch(q.device),
         )
     return out

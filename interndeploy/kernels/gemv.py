@@ -8,15 +8,20 @@ BLOCK_N whole rows of W, streams them in [BLOCK_N, BLOCK_K] tiles (16-byte loads
 fp32 products in registers and reduces over K once at the end: no split, no second kernel, no atomics.
 
 Configurations (BLOCK_N, BLOCK_K, warps, stages) come from `scripts/gpu_gemv_sweep.py` on an H100.
+
+Launched as a dependent kernel (PDL, `_triton.pdl_launch`), a program's first act is to ask L2 for the first
+PREFETCH_BYTES of each of its rows (bulk prefetches, one piece per thread): the weights depend on no earlier kernel, so
+their reads start while the kernel before (the norm or attention that produces x) is still finishing.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
-from interndeploy.kernels._triton import cdiv, check, tl, triton
+from interndeploy.kernels._triton import cdiv, check, pdl_launch, pdl_wait, tl, triton
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +33,21 @@ class GemvConfig:
 
 
 DEFAULT_CONFIG = GemvConfig()
+PREFETCH_BYTES = int(os.environ.get("INTERNDEPLOY_GEMV_PREFETCH", 4096))  # per row, into L2, before the wait
+
+
+@triton.jit
+def _prefetch_rows_l2(row_ptrs, nbytes):
+    """cp.async.bulk.prefetch.L2 of `nbytes` (a multiple of 16) from each 16-byte aligned pointer; the tensor
+    has one element per thread, so no two threads ask for the same bytes."""
+    tl.inline_asm_elementwise(
+        "cp.async.bulk.prefetch.L2.global [$1], $2;\n\tmov.u32 $0, 0;",
+        "=r,l,r",
+        [row_ptrs.to(tl.int64), nbytes],
+        dtype=tl.int32,
+        is_pure=False,
+        pack=1,
+    )
 
 
 def pick_config(n: int, k: int) -> GemvConfig:
@@ -56,10 +76,20 @@ def _gemv_kernel(
     HAS_SCALE: tl.constexpr,
     SCALE_BN: tl.constexpr,
     SCALE_BK: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    PREFETCH_CHUNKS: tl.constexpr,
+    PREFETCH_STEP: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
+    if PREFETCH > 0:
+        # BLOCK_N x PREFETCH_CHUNKS pieces of PREFETCH bytes: one per thread
+        first = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * stride_wn
+        piece = tl.arange(0, PREFETCH_CHUNKS)[None, :] * PREFETCH_STEP
+        _prefetch_rows_l2(first + piece, tl.full([BLOCK_N, PREFETCH_CHUNKS], PREFETCH, tl.int32))
+    pdl_wait(USE_PDL)
     rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
     # FP8 block scales: BLOCK_N divides SCALE_BN, so a program's rows share one row of scales, and the scale
     # of weight (n, k) folds into x[k]: one [BLOCK_K] multiply per tile instead of one per weight
@@ -139,11 +169,20 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, b
         check(block[0] % config.block_n == 0, f"BLOCK_N {config.block_n} must divide the scale block {block[0]}")
     out = torch.empty(1, n, dtype=x.dtype, device=x.device)
     s = scale if scale is not None else weight  # never read without HAS_SCALE
+    pdl = pdl_launch(x.device)
+    row_bytes = k * weight.element_size()
+    aligned = weight.data_ptr() % 16 == 0 and weight.stride(0) * weight.element_size() % 16 == 0
+    prefetch = min(PREFETCH_BYTES, row_bytes // 16 * 16) if pdl["USE_PDL"] and aligned else 0
+    chunks = max(1, config.num_warps * 32 // config.block_n)
+    while chunks > 1 and prefetch // chunks < 128:  # pieces of at least a cache line
+        chunks //= 2
+    piece_bytes = prefetch // chunks // 16 * 16
     _gemv_kernel[(cdiv(n, config.block_n),)](
         x, weight, s, out, n, k, weight.stride(0),
         s.stride(0) if scale is not None else 0, s.stride(1) if scale is not None else 0,
         BLOCK_N=config.block_n, BLOCK_K=config.block_k, EVEN_K=k % config.block_k == 0,
-        HAS_SCALE=scale is not None, SCALE_BN=block[0], SCALE_BK=block[1],
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        HAS_SCALE=scale is not None, SCALE_BN=block[0], SCALE_BK=block[1], PREFETCH=piece_bytes,
+        PREFETCH_CHUNKS=chunks, PREFETCH_STEP=piece_bytes // weight.element_size(),
+        num_warps=config.num_warps, num_stages=config.num_stages, **pdl,
     )  # fmt: skip
     return out

@@ -6,7 +6,7 @@ sum is rounded to the input dtype, normalised in fp32, rounded back, then multip
 
 import torch
 
-from interndeploy.kernels._triton import check, next_power_of_2, tl, triton
+from interndeploy.kernels._triton import check, next_power_of_2, pdl_launch, pdl_wait, tl, triton
 
 MAX_HIDDEN = 65536  # one row per program, held in registers
 
@@ -26,7 +26,9 @@ def _rms_norm_kernel(
     eps,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_N)
     mask = offs < n_cols
@@ -75,6 +77,7 @@ def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
             HAS_RESIDUAL=residual is not None,
             BLOCK_N=block,
             num_warps=min(max(block // 256, 1), 16),
+            **pdl_launch(x.device),
         )
     return out.view(x.shape), res_out.view(x.shape)
 

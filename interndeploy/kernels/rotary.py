@@ -10,7 +10,7 @@ writing them, and no other program touches that token.
 
 import torch
 
-from interndeploy.kernels._triton import check, next_power_of_2, tl, triton
+from interndeploy.kernels._triton import check, next_power_of_2, pdl_launch, pdl_wait, tl, triton
 
 
 @triton.jit
@@ -61,7 +61,9 @@ def _rotary_kernel(
     BLOCK_HQ: tl.constexpr,
     BLOCK_HK: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
     offs_half = tl.arange(0, BLOCK_HALF)
     mask_half = offs_half < HALF
@@ -120,5 +122,6 @@ def apply_rotary(
         BLOCK_HK=block_hk,
         BLOCK_HALF=block_half,
         num_warps=4 if block_hq * block_half >= 1024 else 1,
+        **pdl_launch(q.device),
     )
     return q_out, k_out

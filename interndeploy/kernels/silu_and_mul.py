@@ -6,11 +6,12 @@ torch's F.silu(gate) * up does.
 
 import torch
 
-from interndeploy.kernels._triton import cdiv, check, next_power_of_2, tl, triton
+from interndeploy.kernels._triton import cdiv, check, next_power_of_2, pdl_launch, pdl_wait, tl, triton
 
 
 @triton.jit
-def _silu_and_mul_kernel(X, Out, stride_x, stride_o, n_cols, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(X, Out, stride_x, stride_o, n_cols, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_wait(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_cols
@@ -30,6 +31,7 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     if x2.shape[0] and n:
         block = min(next_power_of_2(n), 1024)
         _silu_and_mul_kernel[(x2.shape[0], cdiv(n, block))](
-            x2, out, x2.stride(0), out.stride(0), n, BLOCK=block, num_warps=4 if block >= 512 else 1
+            x2, out, x2.stride(0), out.stride(0), n, BLOCK=block, num_warps=4 if block >= 512 else 1,
+            **pdl_launch(x.device),
         )
     return out.view(*x.shape[:-1], n)

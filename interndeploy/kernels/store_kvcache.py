@@ -12,7 +12,7 @@ reference's boolean indexing, nothing here reads a device value on the host, so 
 
 import torch
 
-from interndeploy.kernels._triton import check, next_power_of_2, tl, triton
+from interndeploy.kernels._triton import check, next_power_of_2, pdl_launch, pdl_wait, tl, triton
 from interndeploy.kernels.kv_quant import check_kv_caches, quantize_store
 from interndeploy.kernels.reference_kv import SCALE_EPS
 
@@ -49,7 +49,9 @@ def _store_kvcache_kernel(
     BLOCK_D: tl.constexpr,
     BITS: tl.constexpr,
     EPS: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     t = tl.program_id(0)
     slot = tl.load(SlotMapping + t).to(tl.int64)
     if slot >= 0:
@@ -143,4 +145,5 @@ def store_kvcache(
         BITS=bits,
         EPS=SCALE_EPS,
         num_warps=4 if block_h * block_d >= 2048 else 1,
+        **pdl_launch(k.device),
     )
