@@ -148,6 +148,8 @@ def main() -> None:
                 return bool((out.float() - ref).norm() / ref.norm() < 1e-2)
 
             grid8 = [cfg for cfg in gemv_grid if FP8_BLOCK[0] % cfg.block_n == 0]
+            grid8 += [GemvConfig(bn, bk, w, st, row_sum=True) for bn, bk, w, st in itertools.product(
+                [4, 8, 16], [1024, 2048, 4096], [4, 8], [2, 3])]  # fmt: skip
             t, cfg = _best(lambda cfg, x, w, s: gemv_fp8_block(x, w, s, FP8_BLOCK, cfg), grid8, fclose, fws)
             t_pick = _time_rotating([partial(gemv_fp8_block, x, w, s, FP8_BLOCK) for x, w, s in fws])
             row.update(fp8_us=t, fp8_bw=n * k / t / 1e-6 / bw, fp8_cfg=str(cfg), fp8_pick_us=t_pick)

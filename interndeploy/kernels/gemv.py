@@ -30,6 +30,7 @@ class GemvConfig:
     block_k: int = 512
     num_warps: int = 4
     num_stages: int = 3
+    row_sum: bool = False  # reduce each tile over K into [block_n] sums (fewer registers: longer K tiles)
 
 
 DEFAULT_CONFIG = GemvConfig()
@@ -79,6 +80,7 @@ def _gemv_kernel(
     HAS_SCALE: tl.constexpr,
     SCALE_BN: tl.constexpr,
     SCALE_BK: tl.constexpr,
+    ROW_SUM: tl.constexpr,
     PREFETCH: tl.constexpr,
     PREFETCH_CHUNKS: tl.constexpr,
     PREFETCH_STEP: tl.constexpr,
@@ -97,7 +99,10 @@ def _gemv_kernel(
     # FP8 block scales: BLOCK_N divides SCALE_BN, so a program's rows share one row of scales, and the scale
     # of weight (n, k) folds into x[k]: one [BLOCK_K] multiply per tile instead of one per weight
     s_row = s_ptr + ((pid * BLOCK_N) // SCALE_BN) * stride_sn
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    if ROW_SUM:
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         if EVEN_K:
@@ -111,8 +116,14 @@ def _gemv_kernel(
             w = tl.load(rows + offs_k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
             if HAS_SCALE:
                 x = x * tl.load(s_row + (offs_k // SCALE_BK) * stride_sk, mask=mask_k, other=0.0)
-        acc += w.to(tl.float32) * x[None, :]
-    out = tl.sum(acc, axis=1)
+        if ROW_SUM:
+            acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+        else:
+            acc += w.to(tl.float32) * x[None, :]
+    if ROW_SUM:
+        out = acc
+    else:
+        out = tl.sum(acc, axis=1)
     tl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
@@ -183,7 +194,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, b
     _gemv_kernel[(cdiv(n, config.block_n),)](
         x, weight, s, out, n, k, weight.stride(0),
         s.stride(0) if scale is not None else 0, s.stride(1) if scale is not None else 0,
-        BLOCK_N=config.block_n, BLOCK_K=config.block_k, EVEN_K=k % config.block_k == 0,
+        BLOCK_N=config.block_n, BLOCK_K=config.block_k, EVEN_K=k % config.block_k == 0, ROW_SUM=config.row_sum,
         HAS_SCALE=scale is not None, SCALE_BN=block[0], SCALE_BK=block[1], PREFETCH=piece_bytes,
         PREFETCH_CHUNKS=chunks, PREFETCH_STEP=piece_bytes // weight.element_size(),
         num_warps=config.num_warps, num_stages=config.num_stages, **pdl,

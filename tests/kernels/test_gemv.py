@@ -14,7 +14,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(("k", "n"), [(4096, 6144), (14336, 4096), (4096, 92544), (1000, 37), (96, 5)])
-@pytest.mark.parametrize("cfg", [GemvConfig(), GemvConfig(8, 256, 4, 2), GemvConfig(32, 1024, 8, 4)])
+@pytest.mark.parametrize(
+    "cfg", [GemvConfig(), GemvConfig(8, 256, 4, 2), GemvConfig(32, 1024, 8, 4), GemvConfig(8, 2048, 4, 2, row_sum=True)]
+)
 def test_gemv_matches_linear(dtype: torch.dtype, k: int, n: int, cfg: GemvConfig) -> None:
     g = torch.Generator(device="cuda").manual_seed(k + n)
     x = torch.randn(1, k, device="cuda", dtype=dtype, generator=g)
@@ -35,7 +37,8 @@ def test_supports_only_one_row_of_matching_dtype() -> None:
 
 @pytest.mark.parametrize(("k", "n"), [(4096, 6144), (14336, 4096), (1000, 200), (256, 384)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_fp8_block_gemv_matches_dequantized_linear(k: int, n: int, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("cfg", [None, GemvConfig(8, 4096, 4, 2, row_sum=True)])
+def test_fp8_block_gemv_matches_dequantized_linear(k: int, n: int, dtype: torch.dtype, cfg: GemvConfig | None) -> None:
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 needs compute capability 8.9+")
     block = (128, 128)
@@ -44,7 +47,7 @@ def test_fp8_block_gemv_matches_dequantized_linear(k: int, n: int, dtype: torch.
     scale = torch.rand(-(-n // 128), -(-k // 128), device="cuda", generator=g) * 0.01 + 1e-3
     x = torch.randn(1, k, device="cuda", dtype=dtype, generator=g)
     assert supports_fp8_block(x, w, block)
-    out = gemv_fp8_block(x, w, scale, block)
+    out = gemv_fp8_block(x, w, scale, block, cfg)
     ref = x.float() @ block_dequant(w, scale, block).T
     assert out.dtype == dtype and out.shape == (1, n)
     assert float((out.float() - ref).norm() / ref.norm()) < 5e-3
