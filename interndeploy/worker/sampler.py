@@ -7,10 +7,11 @@ Per row, in this order:
       -> sampled rows: temperature -> top-k -> top-p -> min-p -> exponential race
 
 Sampling uses the exponential race, argmax(probs / q) with q ~ Exp(1) i.i.d., which draws exactly
-from `probs` without torch.multinomial and without a host sync. Seeded rows take their noise from a
-generator reseeded with a stable hash of (seed, step), so a seeded row's token depends only on its
-own logits, seed and step: not on the batch it is in nor its position there. The same seed gives the
-same tokens on the same device type; CPU and CUDA generators produce different streams.
+from `probs` without torch.multinomial and without a host sync. Without min-p it runs in the log domain,
+argmax(logits / T - log q): the same token (softmax's normaliser is one constant per row), and no softmax.
+Seeded rows take their noise from a generator reseeded with a stable hash of (seed, step), so a seeded row's
+token depends only on its own logits, seed and step: not on the batch it is in nor its position there. The
+same seed gives the same tokens on the same device type; CPU and CUDA generators produce different streams.
 
 Logprobs are "raw": log_softmax of the logits exactly as given to `Sampler.forward`, before bans,
 penalties, temperature and filtering (vLLM's default). They describe the model's distribution, not
@@ -281,15 +282,16 @@ class Sampler:
                 pick(batch.top_k) if batch.any_top_k else None,
                 pick(batch.top_p) if batch.any_top_p else None,
             )
+        if not batch.any_min_p:
+            return logits.sub_(self._noise(logits, batch).log_()).argmax(dim=-1)
         probs = logits.softmax(dim=-1)
-        if batch.any_min_p:
-            # Renormalisation after top-k/top-p scales all probs alike, so the ratio to the max is unchanged.
-            threshold = probs.amax(dim=-1, keepdim=True) * pick(batch.min_p).unsqueeze(1)
-            probs = probs.masked_fill_(probs < threshold, 0.0)
+        # Renormalisation after top-k/top-p scales all probs alike, so the ratio to the max is unchanged.
+        threshold = probs.amax(dim=-1, keepdim=True) * pick(batch.min_p).unsqueeze(1)
+        probs = probs.masked_fill_(probs < threshold, 0.0)
         return probs.div_(self._noise(probs, batch)).argmax(dim=-1)
 
     def _noise(self, probs: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-        """Exp(1) noise shaped like `probs`; seeded rows get their own deterministic stream."""
+        """Exp(1) noise shaped like `probs` (float32), never 0; seeded rows get their own deterministic stream."""
         q = torch.empty_like(probs)
         if batch.num_unseeded:
             q.exponential_(generator=self.generator)
