@@ -61,11 +61,21 @@ else:
     pdl_wait = _jit(lambda USE_PDL: None)
 
 
+def _triton_has_pdl() -> bool:
+    """Triton 3.3+: gdc_wait / gdc_launch_dependents, and launch_pdl at launch."""
+    try:
+        from triton.language.extra import cuda as tl_cuda
+    except ImportError:
+        return False
+    return hasattr(tl_cuda, "gdc_wait") and hasattr(tl_cuda, "gdc_launch_dependents")
+
+
 @functools.cache
 def _pdl_supported(device: torch.device) -> bool:
     return (
         HAS_TRITON
         and device.type == "cuda"
+        and _triton_has_pdl()
         and os.environ.get("INTERNDEPLOY_PDL", "1") != "0"
         and torch.cuda.get_device_capability(device) >= (9, 0)
     )
