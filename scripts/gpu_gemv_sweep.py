@@ -16,7 +16,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from interndeploy.bench.awq_kernels import layer_shapes
+from interndeploy.bench.awq_kernels import layer_shapes, time_graph_us
 from interndeploy.bench.shapes import SHAPES
 from interndeploy.bench.throughput import copy_bandwidth
 from interndeploy.kernels._triton import cdiv
@@ -30,24 +30,9 @@ FP8_BLOCK = (128, 128)
 
 
 def _time_rotating(fns: list, iters: int = 4) -> float:
-    """Microseconds per call over `iters` passes of `fns` (one per weight copy) captured in one CUDA graph: the
-    copies together exceed L2 several times, so every call streams its weight from HBM as a decode step does."""
-    for fn in fns:
-        fn()  # compile / warm up outside the graph
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(iters):
-            for fn in fns:
-                fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / (iters * len(fns))
+    """Microseconds per call, cycling through `fns` (one per weight copy): the copies together exceed L2 several
+    times, so every call streams its weight from HBM as a decode step does."""
+    return time_graph_us(fns, iters)
 
 
 def _copies(nbytes: int, l2_bytes: int = 50 << 20) -> int:

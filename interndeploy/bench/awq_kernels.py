@@ -18,13 +18,17 @@ import torch
 from interndeploy.bench.shapes import SHAPES
 
 
-def _time_us(fn: Callable[[], object], iters: int = 50) -> float:
-    fn()  # compile / warm up outside the graph
+def time_graph_us(fns: list[Callable[[], object]], iters: int = 50) -> float:
+    """Microseconds per call over `iters` passes of `fns` captured in one CUDA graph (after a warm-up call of each
+    outside it). Several `fns` over different weight copies keep a weight from staying in L2 between calls."""
+    for fn in fns:
+        fn()  # compile / warm up outside the graph
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for _ in range(iters):
-            fn()
+            for fn in fns:
+                fn()
     graph.replay()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -32,7 +36,11 @@ def _time_us(fn: Callable[[], object], iters: int = 50) -> float:
     graph.replay()
     end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / iters
+    return start.elapsed_time(end) * 1e3 / (iters * len(fns))
+
+
+def _time_us(fn: Callable[[], object], iters: int = 50) -> float:
+    return time_graph_us([fn], iters)
 
 
 def layer_shapes(name: str) -> dict[str, tuple[int, int]]:
