@@ -35,7 +35,10 @@ class EngineConfig:
     model_format: str | None = None  # hf | awq | fp8 | None (detect)
     dtype: str = "auto"  # auto | float16 | bfloat16 | float32
     device: str | None = None  # cuda | cpu | None (cuda when available)
-    eager_mode: bool = False  # no CUDA graphs for decode
+    eager_mode: bool = False  # no CUDA graphs (decode graphs, piecewise graphs of the other steps)
+    # steps that are not decode-only (prefill, chunked prefill with decode rows) of up to this many tokens replay
+    # CUDA graphs split at attention (worker/piecewise_graph.py); 0 runs them eagerly
+    prefill_graph_max_tokens: int = 2048
     # schedule and launch step n+1 while the device runs step n (vLLM's async scheduling, SGLang's overlap
     # schedule); None: on for a single-rank CUDA engine, off on the CPU (the forward runs on the scheduling
     # thread there, so nothing overlaps)

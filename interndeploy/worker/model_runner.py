@@ -27,6 +27,7 @@ from .cuda_graph import DecodeCudaGraphs
 from .forward_context import forward_context
 from .guided_decoding import GrammarBackend
 from .kv_cache import KVCacheSpec, plan_kv_cache
+from .piecewise_graph import PiecewiseCudaGraphs
 from .sampler import Sampler, SamplingBatch
 from .step_inputs import StepInputs, host_to_device
 from .vision import VisionRunner, build_vision_tower
@@ -35,6 +36,11 @@ logger = logging.getLogger("interndeploy")
 
 
 __all__ = ["ModelRunner", "ModelRunnerOutput", "TokenLogprobs", "pick_device", "pick_dtype"]
+
+
+def _single_rank(cfg: EngineConfig) -> bool:
+    """Piecewise graphs are kept to one-rank engines: collectives and expert all-to-all stay eager."""
+    return cfg.tp == 1 and cfg.dp == 1 and cfg.ep == 1
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -107,6 +113,12 @@ class ModelRunner:
             self.graphs = DecodeCudaGraphs(self.model, max_batch_size, max_blocks, self.block_size, self.device)
             self.graphs.capture()
             logger.info("decode CUDA graphs captured in %.1f s", time.perf_counter() - t0)
+        self.piecewise: PiecewiseCudaGraphs | None = None
+        if self.graphs is not None and cfg.prefill_graph_max_tokens > 0 and _single_rank(cfg):
+            t0 = time.perf_counter()
+            self.piecewise = PiecewiseCudaGraphs(self.model, cfg.prefill_graph_max_tokens, self.device)
+            self.piecewise.capture()
+            logger.info("piecewise CUDA graphs captured in %.1f s", time.perf_counter() - t0)
 
     def receive_sampled(self, num_rows: int) -> None:
         """A tensor-parallel worker's half of rank 0's token broadcast after a step that sampled `num_rows`."""
@@ -143,6 +155,8 @@ class ModelRunner:
             hidden, logits = self.graphs.run(input_ids, positions, meta)
             if len(last_index) == len(hidden) and last_index[-1] == len(hidden) - 1:
                 return logits  # every row samples (last_index is increasing): the graph's own LM head
+        elif input_embeds is None and self.piecewise is not None and self.piecewise.can_run(input_ids.shape[0]):
+            hidden = self.piecewise.run(input_ids, positions, meta)
         else:
             with forward_context(meta):
                 if input_embeds is None:

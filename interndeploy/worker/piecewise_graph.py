@@ -1,0 +1,182 @@
+"""Eager steps (prefill, chunked prefill beside decode rows) as CUDA graphs split at attention.
+
+A prefill step launches about ten kernels per layer from Python, and for a few hundred tokens the host takes
+longer to launch them than the GPU to run them (InternLM2.5-7B on an H100: ~22 ms of launches for ~20 ms of
+kernels at 920 tokens), so time to first token was the host's. Everything between two attention calls
+depends on the number of tokens only, so it is captured once per token-count bucket, as vLLM's piecewise
+graphs do. Attention, whose grid follows the batch's sequence lengths, runs eagerly between the pieces:
+
+    replay(piece 0) -> attention(layer 0) -> replay(piece 1) -> ... -> attention(layer L-1) -> replay(piece L)
+
+piece 0 is the embedding up to layer 0's KV store; piece i runs layer i-1's o_proj up to layer i's KV store;
+the last one ends with the final norm. Each piece copies its q into a static buffer that attention reads, and
+the next one reads attention's output from another; the pieces' own tensors come from one memory pool that
+all buckets share (captured largest first), so no activation outlives its bucket's capture.
+
+A step of n tokens replays the smallest bucket >= n. Rows n.. are padding: input id 0, position 0, slot -1
+(the KV store skips it); every kernel of a piece computes each row on its own, so padding never reaches a
+real row, and attention sees the n real rows only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .forward_context import AttentionMetadata, forward_context
+
+logger = logging.getLogger("interndeploy")
+
+_BUCKETS = (16, 32, 64, 128, 192, 256, 384, 512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048)
+
+
+@dataclass
+class _Piecewise:
+    """One bucket: graphs[i] runs before attention[i] (the layer, its static q and output buffers); the last
+    graph has no attention after it."""
+
+    graphs: list[torch.cuda.CUDAGraph] = field(default_factory=list)
+    attention: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+
+class _CaptureSession:
+    """Active while the model's forward is captured (or warmed up): the attention layers hand over to it."""
+
+    def __init__(self, owner: PiecewiseCudaGraphs, tokens: int, capture: bool) -> None:
+        self.owner = owner
+        self.tokens = tokens
+        self.capture = capture
+        self.result = _Piecewise()
+
+    def begin(self) -> None:
+        if self.capture:
+            graph = torch.cuda.CUDAGraph()
+            graph.capture_begin(pool=self.owner.pool)
+            self.result.graphs.append(graph)
+
+    def end(self) -> None:
+        if self.capture:
+            self.result.graphs[-1].capture_end()
+
+    def split(self, layer: nn.Module, q: torch.Tensor) -> torch.Tensor:
+        """At an attention layer: q [Tb, Hq, D] goes to the static buffer, the piece ends, the next begins;
+        returns the static buffer that attention's output will be in at replay."""
+        q_buf, out_buf = self.owner.buffers(q)
+        q_buf[: self.tokens].copy_(q)
+        self.end()
+        self.result.attention.append((layer, q_buf, out_buf))
+        self.begin()
+        return out_buf[: self.tokens]
+
+
+_SESSION: _CaptureSession | None = None
+
+
+def capture_session() -> _CaptureSession | None:
+    """The piecewise capture in progress, if any (the attention layer asks)."""
+    return _SESSION
+
+
+@contextmanager
+def _session(session: _CaptureSession) -> Iterator[_CaptureSession]:
+    global _SESSION
+    prev, _SESSION = _SESSION, session
+    try:
+        yield session
+    finally:
+        _SESSION = prev
+
+
+class PiecewiseCudaGraphs:
+    def __init__(self, model: nn.Module, max_tokens: int, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+        self.buckets = sorted({b for b in _BUCKETS if b < max_tokens} | {min(max_tokens, _BUCKETS[-1])})
+        self.max_tokens = self.buckets[-1]
+        n = self.max_tokens
+        with torch.device(device):
+            self.input_ids = torch.zeros(n, dtype=torch.int64)
+            self.positions = torch.zeros(n, dtype=torch.int64)
+            self.slot_mapping = torch.full((n,), -1, dtype=torch.int64)
+            self.token_seq_lens = torch.ones(n, dtype=torch.int64)
+        self.pool = torch.cuda.graph_pool_handle()
+        self._qo: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (Hq, D, dtype) -> (q, attention out)
+        self.hidden: torch.Tensor | None = None  # [max_tokens, H]: the last piece's output
+        self.pieces: dict[int, _Piecewise] = {}
+        self.replays = 0  # steps run through the graphs (tests and stats)
+
+    def buffers(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (q.shape[1], q.shape[2], q.dtype)
+        if key not in self._qo:  # outside the graphs' pool: shared by every layer and bucket
+            shape = (self.max_tokens, *q.shape[1:])
+            self._qo[key] = (torch.zeros(shape, dtype=q.dtype, device=self.device),
+                             torch.zeros(shape, dtype=q.dtype, device=self.device))
+        return self._qo[key]
+
+    def _meta(self, n: int) -> AttentionMetadata:
+        """What the pieces may read: the slots of the KV store and the tokens' sequence lengths (dynamic
+        rotary). The rest is attention's, which runs outside the graphs: empty, so a read fails loudly."""
+        empty = torch.empty(0, dtype=torch.int32, device=self.device)
+        return AttentionMetadata(
+            slot_mapping=self.slot_mapping[:n], query_start_loc=empty, seq_lens=empty,
+            block_tables=empty.view(0, 0), token_seq_lens=self.token_seq_lens[:n], query_lens_host=[],
+            seq_lens_host=[], max_query_len=0, max_seq_len=0, is_decode_only=False,
+        )  # fmt: skip
+
+    def _forward(self, n: int, capture: bool) -> _Piecewise:
+        session = _CaptureSession(self, n, capture)
+        with _session(session), forward_context(self._meta(n)):
+            session.begin()
+            hidden = self.model(self.input_ids[:n], self.positions[:n])
+            if self.hidden is None:
+                self.hidden = torch.zeros(self.max_tokens, hidden.shape[-1], dtype=hidden.dtype, device=self.device)
+            self.hidden[:n].copy_(hidden)
+            session.end()
+        return session.result
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        self.slot_mapping.fill_(-1)  # the warm-up and the capture write nothing to the cache
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for n in reversed(self.buckets):  # largest first: the smaller buckets reuse its pool memory
+                self._forward(n, capture=False)  # warm-up: kernels compiled, cuBLAS handles made
+                torch.cuda.synchronize(self.device)
+                self.pieces[n] = self._forward(n, capture=True)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()  # the warm-ups' activations, cached for the side stream
+        logger.info("captured piecewise CUDA graphs for steps of up to %s tokens (%d buckets)", self.max_tokens,
+                    len(self.buckets))
+
+    def can_run(self, num_tokens: int) -> bool:
+        return 0 < num_tokens <= self.max_tokens
+
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """The step's hidden states [n, H]: a view of a static buffer, valid until the next replay."""
+        n = input_ids.shape[0]
+        b = next(b for b in self.buckets if b >= n)
+        self.input_ids[:n].copy_(input_ids, non_blocking=True)
+        self.positions[:n].copy_(positions, non_blocking=True)
+        self.slot_mapping[:n].copy_(meta.slot_mapping, non_blocking=True)
+        self.token_seq_lens[:n].copy_(meta.token_seq_lens, non_blocking=True)
+        if b > n:
+            self.input_ids[n:b].zero_()
+            self.positions[n:b].zero_()
+            self.slot_mapping[n:b].fill_(-1)
+            self.token_seq_lens[n:b].fill_(1)
+        piecewise = self.pieces[b]
+        with forward_context(meta):
+            for graph, (layer, q_buf, out_buf) in zip(piecewise.graphs, piecewise.attention, strict=False):
+                graph.replay()
+                layer.attend(q_buf[:n], meta, out_buf[:n])
+            piecewise.graphs[-1].replay()
+        self.replays += 1
+        return self.hidden[:n]
+
