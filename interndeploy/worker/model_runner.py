@@ -27,7 +27,7 @@ from .cuda_graph import DecodeCudaGraphs
 from .forward_context import forward_context
 from .guided_decoding import GrammarBackend
 from .kv_cache import KVCacheSpec, plan_kv_cache
-from .piecewise_graph import PiecewiseCudaGraphs
+from .piecewise_graph import PiecewiseCudaGraphs, bucket_for, pad_step, token_buckets
 from .sampler import Sampler, SamplingBatch
 from .step_inputs import StepInputs, host_to_device
 from .vision import VisionRunner, build_vision_tower
@@ -113,8 +113,12 @@ class ModelRunner:
             self.graphs = DecodeCudaGraphs(self.model, max_batch_size, max_blocks, self.block_size, self.device)
             self.graphs.capture()
             logger.info("decode CUDA graphs captured in %.1f s", time.perf_counter() - t0)
+        # steps that are not decode-only run padded to token buckets, in graphs or (eager mode) not
+        self.step_buckets: list[int] = []
+        if self.device.type == "cuda" and cfg.prefill_graph_max_tokens > 0 and _single_rank(cfg):
+            self.step_buckets = token_buckets(cfg.prefill_graph_max_tokens)
         self.piecewise: PiecewiseCudaGraphs | None = None
-        if self.graphs is not None and cfg.prefill_graph_max_tokens > 0 and _single_rank(cfg):
+        if self.graphs is not None and self.step_buckets:
             t0 = time.perf_counter()
             self.piecewise = PiecewiseCudaGraphs(self.model, cfg.prefill_graph_max_tokens, self.device)
             self.piecewise.capture()
@@ -151,16 +155,21 @@ class ModelRunner:
         Every tensor-parallel rank runs it with the same `step`: the layers' collectives pair up.
         `input_embeds` [T, H] replaces the embedding of the input ids (image/video features spliced in)."""
         meta, input_ids, positions, last_index = step.to_device(self.device, self.block_size, self._prev_tokens)
+        num_tokens = input_ids.shape[0]
+        # a step that is not decode-only runs at its token bucket's size: in the piecewise graphs, or padded
+        size = None if input_embeds is not None or meta.is_decode_only else bucket_for(self.step_buckets, num_tokens)
         if input_embeds is None and self.graphs is not None and self.graphs.can_run(meta):
             hidden, logits = self.graphs.run(input_ids, positions, meta)
             if len(last_index) == len(hidden) and last_index[-1] == len(hidden) - 1:
                 return logits  # every row samples (last_index is increasing): the graph's own LM head
-        elif input_embeds is None and self.piecewise is not None and self.piecewise.can_run(input_ids.shape[0]):
+        elif size is not None and self.piecewise is not None:
             hidden = self.piecewise.run(input_ids, positions, meta)
         else:
+            if size is not None:  # eager mode: the same GEMM shapes as the graphs
+                input_ids, positions, meta = pad_step(input_ids, positions, meta, size)
             with forward_context(meta):
                 if input_embeds is None:
-                    hidden = self.model(input_ids, positions)
+                    hidden = self.model(input_ids, positions)[:num_tokens]
                 else:
                     hidden = self.model(input_ids, positions, input_embeds)
         if not last_index:

@@ -15,7 +15,9 @@ all buckets share (captured largest first), so no activation outlives its bucket
 
 A step of n tokens replays the smallest bucket >= n. Rows n.. are padding: input id 0, position 0, slot -1
 (the KV store skips it); every kernel of a piece computes each row on its own, so padding never reaches a
-real row, and attention sees the n real rows only.
+real row, and attention sees the n real rows only. A GEMM's kernel (cuBLAS's choice, or the batch-1 GEMV)
+depends on its row count, and with it the rounding: so eager steps of the same kind are padded to the same
+buckets (`pad_step`), and CUDA graphs never change what a step computes.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .forward_context import AttentionMetadata, forward_context
@@ -33,6 +36,27 @@ from .forward_context import AttentionMetadata, forward_context
 logger = logging.getLogger("interndeploy")
 
 _BUCKETS = (16, 32, 64, 128, 192, 256, 384, 512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048)
+
+
+def token_buckets(max_tokens: int) -> list[int]:
+    """The step sizes (tokens) graphs are captured for, up to `max_tokens` (at most the largest bucket)."""
+    return sorted({b for b in _BUCKETS if b < max_tokens} | {min(max_tokens, _BUCKETS[-1])})
+
+
+def bucket_for(buckets: list[int], num_tokens: int) -> int | None:
+    """The smallest bucket holding `num_tokens`, or None when the step is larger than them all."""
+    return next((b for b in buckets if b >= num_tokens), None)
+
+
+def pad_step(input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, size: int
+             ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+    """An eager step padded to `size` tokens as a graph replay pads it (id 0, position 0, slot -1)."""
+    pad = size - input_ids.shape[0]
+    if pad <= 0:
+        return input_ids, positions, meta
+    meta = replace(meta, slot_mapping=F.pad(meta.slot_mapping, (0, pad), value=-1),
+                   token_seq_lens=F.pad(meta.token_seq_lens, (0, pad), value=1))
+    return F.pad(input_ids, (0, pad)), F.pad(positions, (0, pad)), meta
 
 
 @dataclass
@@ -96,7 +120,7 @@ class PiecewiseCudaGraphs:
     def __init__(self, model: nn.Module, max_tokens: int, device: torch.device) -> None:
         self.model = model
         self.device = device
-        self.buckets = sorted({b for b in _BUCKETS if b < max_tokens} | {min(max_tokens, _BUCKETS[-1])})
+        self.buckets = token_buckets(max_tokens)
         self.max_tokens = self.buckets[-1]
         n = self.max_tokens
         with torch.device(device):
@@ -155,13 +179,10 @@ class PiecewiseCudaGraphs:
         logger.info("captured piecewise CUDA graphs for steps of up to %s tokens (%d buckets)", self.max_tokens,
                     len(self.buckets))
 
-    def can_run(self, num_tokens: int) -> bool:
-        return 0 < num_tokens <= self.max_tokens
-
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """The step's hidden states [n, H]: a view of a static buffer, valid until the next replay."""
         n = input_ids.shape[0]
-        b = next(b for b in self.buckets if b >= n)
+        b = bucket_for(self.buckets, n)
         self.input_ids[:n].copy_(input_ids, non_blocking=True)
         self.positions[:n].copy_(positions, non_blocking=True)
         self.slot_mapping[:n].copy_(meta.slot_mapping, non_blocking=True)
