@@ -66,6 +66,8 @@ class EngineConfig:
             raise ConfigError(f"cache_max_entry_count must be > 0, got {self.cache_max_entry_count}")
         if self.quant_policy not in (0, 4, 8):
             raise ConfigError(f"quant_policy must be 0, 4 or 8, got {self.quant_policy}")
+        if self.prefill_graph_max_tokens < 0:
+            raise ConfigError(f"prefill_graph_max_tokens must be >= 0, got {self.prefill_graph_max_tokens}")
         if self.max_prefill_token_num <= 0:
             raise ConfigError(f"max_prefill_token_num must be > 0, got {self.max_prefill_token_num}")
         if self.session_len is not None and self.session_len <= 0:

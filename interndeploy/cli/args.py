@@ -35,6 +35,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=["auto", "float16", "bfloat16", "float32"], default="auto")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--eager-mode", action="store_true", help="no CUDA graphs")
+    g.add_argument("--prefill-graph-max-tokens", type=int, default=2048,
+                   help="steps with prefill of up to this many tokens replay CUDA graphs split at attention; 0: eager")
     g.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="schedule the next step while the GPUs run the current one (default: on with GPUs)")
     g.add_argument("--language-model-only", action="store_true", help="serve a multimodal model's language model only")
@@ -78,6 +80,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         dtype=args.dtype,
         device=args.device,
         eager_mode=args.eager_mode,
+        prefill_graph_max_tokens=args.prefill_graph_max_tokens,
         async_scheduling=getattr(args, "async_scheduling", None),
         language_model_only=args.language_model_only,
         revision=args.revision,

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from interndeploy import EngineConfig, GenerationConfig, pipeline
+from interndeploy.config import ConfigError
 from interndeploy.testing.attention import PagedBatch
 from interndeploy.testing.tiny_models import build_internlm2_dir
 from interndeploy.worker.forward_context import forward_context
-
-pytestmark = pytest.mark.gpu
+from interndeploy.worker.piecewise_graph import bucket_for, pad_step, token_buckets
 
 PROMPTS = [
     "Hello there, how are you today?",
@@ -54,6 +54,7 @@ def _generate(model_dir: Path, dtype: str, eager: bool) -> tuple[list[list[int]]
         pipe.close()
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize(("dtype", "rope"), [("float32", "default"), ("bfloat16", "default"), ("float32", "dynamic")])
 def test_engine_greedy_equal_to_eager(cuda: str, tmp_path: Path, dtype: str, rope: str) -> None:
     scaling = {"type": "dynamic", "factor": 2.0} if rope == "dynamic" else None
@@ -64,6 +65,7 @@ def test_engine_greedy_equal_to_eager(cuda: str, tmp_path: Path, dtype: str, rop
     assert graphs == eager
 
 
+@pytest.mark.gpu
 @torch.inference_mode()
 def test_step_hidden_matches_eager(cuda: str, tmp_path: Path) -> None:
     d = build_internlm2_dir(tmp_path / "m", hidden_size=256, num_attention_heads=8, num_key_value_heads=2)
@@ -85,3 +87,20 @@ def test_step_hidden_matches_eager(cuda: str, tmp_path: Path) -> None:
             torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
     finally:
         pipe.close()
+
+
+def test_buckets_and_padding() -> None:
+    assert token_buckets(2048)[-1] == 2048 and token_buckets(100)[-1] == 100 and token_buckets(10_000)[-1] == 2048
+    buckets = token_buckets(300)
+    assert bucket_for(buckets, 1) == 16 and bucket_for(buckets, 17) == 32 and bucket_for(buckets, 300) == 300
+    assert bucket_for(buckets, 301) is None
+    batch = PagedBatch([5, 9], 4)
+    meta, positions = batch.step([5, 9])
+    ids = torch.arange(14) + 3
+    pids, ppos, pmeta = pad_step(ids, positions, meta, 16)
+    assert pids.tolist() == ids.tolist() + [0, 0] and ppos.tolist() == positions.tolist() + [0, 0]
+    assert pmeta.slot_mapping.tolist() == meta.slot_mapping.tolist() + [-1, -1]
+    assert pmeta.token_seq_lens.tolist() == meta.token_seq_lens.tolist() + [1, 1]
+    assert pmeta.query_start_loc is meta.query_start_loc  # attention still sees the real rows only
+    with pytest.raises(ConfigError, match="prefill_graph_max_tokens"):
+        EngineConfig(prefill_graph_max_tokens=-1)
