@@ -5,6 +5,9 @@ tokens after ``read`` add, so each step decodes a few tokens instead of the whol
 the same token, so a tokenizer's "strip the first piece's leading space" rule cancels out, and segments split at
 added tokens join the same way as in a full decode; concatenating every step plus :meth:`flush` gives exactly
 ``tokenizer.decode(all_ids, skip_special_tokens, spaces_between_special_tokens)``.
+
+The window's start stays put for up to _SHIFT tokens, so a step's ``decode(ids[prefix:])`` is the next step's
+``decode(ids[prefix:read])``: one decode per token instead of two, the second only when the window moves on.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ _REPLACEMENT = "\ufffd"
 # emitting garbage bytes): it is committed as if final, so each step's decode stays short. Real text closes
 # its window within a few tokens (a UTF-8 character is at most 4 byte tokens).
 _MAX_WINDOW = 32
+_SHIFT = 8  # window length (tokens) from which the window's start moves up to the read offset
 
 
 class IncrementalDetokenizer:
@@ -45,6 +49,7 @@ class IncrementalDetokenizer:
         self._last_added = -1  # index in _ids of the last added token: windows after it decode the fast way
         self._prefix_offset = 0
         self._read_offset = 0
+        self._prefix_text: str | None = ""  # decode of ids[prefix_offset:read_offset], None when not known
         # Chars of the current, not yet committed window delta already taken (text before a trailing U+FFFD).
         self._partial = 0
         self._held = ""  # decoded text not emitted yet: could be the start of a stop string
@@ -63,16 +68,15 @@ class IncrementalDetokenizer:
         """Append generated tokens; return the text that became safe to show."""
         if self.stopped:
             return ""
-        before = len(self._ids)
-        skip = self._skip
-        ids = self._ids
-        ids.extend(i for i in new_token_ids if i not in skip)
+        ids, skip, added = self._ids, self._skip, self._added
+        before = len(ids)
+        for i in new_token_ids:
+            if i not in skip:
+                if i in added:
+                    self._last_added = len(ids)
+                ids.append(i)
         if len(ids) == before:
             return ""
-        added = self._added
-        for k in range(before, len(ids)):
-            if ids[k] in added:
-                self._last_added = k
         self._held += self._advance(final=False)
         return self._release(final=False)
 
@@ -98,7 +102,9 @@ class IncrementalDetokenizer:
         if r == len(ids):
             return ""
         final = final or len(ids) - p > _MAX_WINDOW
-        prefix_text = self._decode(p, r) if r > p else ""
+        prefix_text = self._prefix_text
+        if prefix_text is None:
+            prefix_text = self._prefix_text = self._decode(p, r)
         new_text = self._decode(p, len(ids))
         delta = new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""
         if delta.endswith(_REPLACEMENT) and not final:
@@ -114,21 +120,29 @@ class IncrementalDetokenizer:
             return ""
         out = delta[self._partial :]
         self._partial = 0
-        self._prefix_offset, self._read_offset = r, len(ids)
+        if len(ids) - p >= _SHIFT or final:
+            self._prefix_offset, self._prefix_text = r, None  # decoded on the next step
+        else:
+            self._prefix_text = new_text  # the window keeps its start: this text is the next step's prefix
+        self._read_offset = len(ids)
         return out
 
     def _release(self, final: bool) -> str:
         held = self._held
-        if self._stops:
-            match = self._find_stop(held)
-            if match is not None:
-                start, stop = match
-                out = held[: start + len(stop)] if self.include_stop_str_in_output else held[:start]
-                self._held = ""
-                self.stopped = True
-                self.stop_string = stop
-                self._parts.append(out)
-                return out
+        if not self._stops:  # nothing to hold back
+            self._held = ""
+            if held:
+                self._parts.append(held)
+            return held
+        match = self._find_stop(held)
+        if match is not None:
+            start, stop = match
+            out = held[: start + len(stop)] if self.include_stop_str_in_output else held[:start]
+            self._held = ""
+            self.stopped = True
+            self.stop_string = stop
+            self._parts.append(out)
+            return out
         keep = 0 if final else self._stop_prefix_len(held)
         out = held[: len(held) - keep]
         self._held = held[len(held) - keep :]

@@ -239,6 +239,7 @@ class LLMEngine:
         """Turn what the touched requests' samples gained into outputs; forget finished requests."""
         outputs = []
         for state in states:
+            newly_done = False
             for sample in state.samples:
                 if sample.reported_done:
                     continue
@@ -265,7 +266,8 @@ class LLMEngine:
                 )
                 sample.pending_text, sample.pending_ids, sample.pending_logprobs = "", [], []
                 sample.reported_done = done
-            if all(s.reported_done for s in state.samples):
+                newly_done |= done
+            if newly_done and all(s.reported_done for s in state.samples):
                 del self.requests[state.req.request_id]
                 for s in state.samples:
                     self.by_seq.pop(s.seq.seq_id, None)
