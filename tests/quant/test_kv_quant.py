@@ -54,7 +54,7 @@ def test_block_count_at_the_same_budget(shape: str, dtype: torch.dtype, ratios: 
     """The same cache_max_entry_count x free memory holds ~2x / ~4x the blocks of 16-bit KV (more vs fp32)."""
     blocks = {}
     for qp in (0, 8, 4):
-        cfg = EngineConfig(quant_policy=qp, cache_max_entry_count=0.5, cpu_kv_budget_gib=8.0)
+        cfg = EngineConfig(quant_policy=qp, cache_max_entry_count=0.5, cpu_kv_budget_gib=8.0, device="cpu")
         kv = plan_kv_cache(SHAPES[shape], cfg, torch.device("cpu"), dtype, session_len=4096, max_batch_size=1 << 20)
         assert kv.num_blocks == int(8.0 * (1 << 30) * 0.5) // kv.bytes_per_block
         assert kv.dtype == (dtype if qp == 0 else torch.uint8)
@@ -109,7 +109,7 @@ def test_pipeline_int8_equals_fp_on_90_percent(internlm2_dir: Path) -> None:
     prompts, gen = _text_prompts(64), GenerationConfig(max_new_tokens=24, do_sample=False, ignore_eos=True)
     outs, blocks = {}, {}
     for qp in (0, 8):
-        cfg = EngineConfig(block_size=16, cpu_kv_budget_gib=0.02, quant_policy=qp, max_batch_size=64)
+        cfg = EngineConfig(block_size=16, cpu_kv_budget_gib=0.02, quant_policy=qp, max_batch_size=64, device="cpu")
         with pipeline(str(internlm2_dir), backend_config=cfg) as pipe:
             outs[qp] = [o.token_ids for o in pipe(prompts, gen_config=gen, do_preprocess=False)]
             runner = pipe.engine.engine.runner
@@ -150,7 +150,8 @@ def test_demo_model_int8_and_int4() -> None:
     gen = GenerationConfig(max_new_tokens=48, do_sample=False)
     outs = {}
     for qp in (0, 8, 4):
-        with pipeline("demo", backend_config=EngineConfig(quant_policy=qp, cpu_kv_budget_gib=0.1)) as pipe:
+        cfg = EngineConfig(quant_policy=qp, cpu_kv_budget_gib=0.1, device="cpu")
+        with pipeline("demo", backend_config=cfg) as pipe:
             outs[qp] = [o.token_ids for o in pipe(prompts, gen_config=gen)]
     assert sum(a == b for a, b in zip(outs[0], outs[8], strict=True)) >= 0.9 * len(prompts)
     assert sum(a == b for a, b in zip(outs[0], outs[4], strict=True)) >= 0.8 * len(prompts)
