@@ -7,9 +7,6 @@ narrow layers (o_proj, down_proj) and reaches ~70 % of the copy bandwidth there;
 BLOCK_N whole rows of W, streams them in [BLOCK_N, BLOCK_K] tiles (16-byte loads along K), keeps element-wise
 fp32 products in registers and reduces over K once at the end: no split, no second kernel, no atomics.
 
-With `gated`, x is the MLP's [gate | up] row and each K tile of x is silu(gate) * up, computed in the tile's
-registers (rounded as kernels/silu_and_mul.py rounds it): the down projection absorbs the SwiGLU kernel.
-
 Configurations (BLOCK_N, BLOCK_K, warps, stages) come from `scripts/gpu_gemv_sweep.py` on an H100.
 
 Launched as a dependent kernel (PDL, `_triton.pdl_launch`), a program's first act is to ask L2 for the first
@@ -68,13 +65,6 @@ def pick_config(n: int, k: int, fp8: bool = False) -> GemvConfig:
 
 
 @triton.jit
-def _swiglu(gate, up, dtype: tl.constexpr):
-    """silu(gate) * up rounded as kernels/silu_and_mul.py rounds it (silu to `dtype`, then the product)."""
-    act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
-    return (act * up).to(dtype).to(tl.float32)
-
-
-@triton.jit
 def _gemv_kernel(
     x_ptr,
     w_ptr,
@@ -92,7 +82,6 @@ def _gemv_kernel(
     SCALE_BN: tl.constexpr,
     SCALE_BK: tl.constexpr,
     ROW_SUM: tl.constexpr,
-    GATED: tl.constexpr,
     PREFETCH: tl.constexpr,
     PREFETCH_CHUNKS: tl.constexpr,
     PREFETCH_STEP: tl.constexpr,
@@ -119,17 +108,12 @@ def _gemv_kernel(
         offs_k = k0 + tl.arange(0, BLOCK_K)
         if EVEN_K:
             x = tl.load(x_ptr + offs_k).to(tl.float32)
-            if GATED:
-                x = _swiglu(x, tl.load(x_ptr + K + offs_k).to(tl.float32), x_ptr.dtype.element_ty)
             w = tl.load(rows + offs_k[None, :], mask=mask_n[:, None], other=0.0)
             if HAS_SCALE:
                 x = x * tl.load(s_row + (offs_k // SCALE_BK) * stride_sk)
         else:
             mask_k = offs_k < K
             x = tl.load(x_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-            if GATED:
-                up = tl.load(x_ptr + K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-                x = _swiglu(x, up, x_ptr.dtype.element_ty)
             w = tl.load(rows + offs_k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
             if HAS_SCALE:
                 x = x * tl.load(s_row + (offs_k // SCALE_BK) * stride_sk, mask=mask_k, other=0.0)
@@ -144,13 +128,11 @@ def _gemv_kernel(
     tl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
-def supports(x: torch.Tensor, weight: torch.Tensor, gated: bool = False) -> bool:
-    """One row of a 16-bit activation against a row-major weight of the same dtype, on a GPU (`gated`: the row
-    is [gate | up], twice the weight's columns)."""
+def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """One row of a 16-bit activation against a row-major weight of the same dtype, on a GPU."""
     return (
         x.is_cuda
         and x.dim() == 2
-        and x.shape[1] == weight.shape[-1] * (2 if gated else 1)
         and x.shape[0] == 1
         and x.dtype in (torch.float16, torch.bfloat16)
         and weight.dtype == x.dtype
@@ -160,20 +142,17 @@ def supports(x: torch.Tensor, weight: torch.Tensor, gated: bool = False) -> bool
     )
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, config: GemvConfig | None = None, gated: bool = False
-         ) -> torch.Tensor:
-    """x [1, K] @ weight[N, K]^T -> [1, N] in x's dtype (fp32 accumulation). `gated`: x is [1, 2K] = [gate | up]
-    and the product takes silu(gate) * up (SwiGLU fused into the down projection: one kernel less per layer)."""
-    check(supports(x, weight, gated), f"gemv takes x [1, K] and a row-major 16-bit weight, got {tuple(x.shape)}")
-    return _launch(x, weight, None, (1, 1), config, gated)
+def gemv(x: torch.Tensor, weight: torch.Tensor, config: GemvConfig | None = None) -> torch.Tensor:
+    """x [1, K] @ weight[N, K]^T -> [1, N] in x's dtype (fp32 accumulation)."""
+    check(supports(x, weight), f"gemv takes x [1, K] and a row-major 16-bit weight, got {tuple(x.shape)}")
+    return _launch(x, weight, None, (1, 1), config)
 
 
-def supports_fp8_block(x: torch.Tensor, weight: torch.Tensor, block: tuple[int, int], gated: bool = False) -> bool:
+def supports_fp8_block(x: torch.Tensor, weight: torch.Tensor, block: tuple[int, int]) -> bool:
     """One 16-bit row against a row-major FP8 weight with [bn, bk] block scales whose bn the row tiles divide."""
     return (
         x.is_cuda
         and x.dim() == 2
-        and x.shape[1] == weight.shape[-1] * (2 if gated else 1)
         and x.shape[0] == 1
         and x.dtype in (torch.float16, torch.bfloat16)
         and x.stride(1) == 1
@@ -186,22 +165,20 @@ def supports_fp8_block(x: torch.Tensor, weight: torch.Tensor, block: tuple[int, 
 
 def gemv_fp8_block(
     x: torch.Tensor, weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int],
-    config: GemvConfig | None = None, gated: bool = False,
+    config: GemvConfig | None = None,
 ) -> torch.Tensor:
     """x [1, K] @ (weight [N, K] FP8 * scale_inv[n // bn, k // bk])^T -> [1, N] in x's dtype: W8A16, the
-    activations stay 16-bit (a batch-1 step reads half the bytes of bf16 and quantizes nothing). `gated` as
-    in `gemv`."""
-    check(supports_fp8_block(x, weight, block, gated),
-          f"gemv_fp8_block takes x [1, K] and an FP8 weight, got {tuple(x.shape)}")
+    activations stay 16-bit (a batch-1 step reads half the bytes of bf16 and quantizes nothing)."""
+    check(supports_fp8_block(x, weight, block), f"gemv_fp8_block takes x [1, K] and an FP8 weight, got {x.shape}")
     n, k = weight.shape
     check(scale_inv.shape == (cdiv(n, block[0]), cdiv(k, block[1])), f"scales {tuple(scale_inv.shape)} for {n}x{k}")
-    return _launch(x, weight, scale_inv, block, config, gated)
+    return _launch(x, weight, scale_inv, block, config)
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, block: tuple[int, int],
-            config: GemvConfig | None, gated: bool = False) -> torch.Tensor:
+            config: GemvConfig | None) -> torch.Tensor:
     n, k = weight.shape
-    check(x.shape[1] == k * (2 if gated else 1), f"x has {x.shape[1]} columns, weight {k}")
+    check(x.shape[1] == k, f"x has {x.shape[1]} columns, weight {k}")
     config = config or pick_config(n, k, fp8=scale is not None)
     if scale is not None:
         check(block[0] % config.block_n == 0, f"BLOCK_N {config.block_n} must divide the scale block {block[0]}")
@@ -219,7 +196,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, b
         x, weight, s, out, n, k, weight.stride(0),
         s.stride(0) if scale is not None else 0, s.stride(1) if scale is not None else 0,
         BLOCK_N=config.block_n, BLOCK_K=config.block_k, EVEN_K=k % config.block_k == 0, ROW_SUM=config.row_sum,
-        HAS_SCALE=scale is not None, SCALE_BN=block[0], SCALE_BK=block[1], GATED=gated, PREFETCH=piece_bytes,
+        HAS_SCALE=scale is not None, SCALE_BN=block[0], SCALE_BK=block[1], PREFETCH=piece_bytes,
         PREFETCH_CHUNKS=chunks, PREFETCH_STEP=piece_bytes // weight.element_size(),
         num_warps=config.num_warps, num_stages=config.num_stages, **pdl,
     )  # fmt: skip

@@ -7,16 +7,11 @@ from torch import nn
 
 from interndeploy.kernels import reference
 from interndeploy.kernels._triton import use_triton
-from interndeploy.kernels.silu_and_mul import silu_and_mul as triton_silu_and_mul
-
-
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """[T, 2I] = [gate | up] -> silu(gate) * up [T, I]: Triton on a GPU, the torch reference elsewhere."""
-    return triton_silu_and_mul(x) if use_triton(x) else reference.silu_and_mul(x)
+from interndeploy.kernels.silu_and_mul import silu_and_mul
 
 
 class SiluAndMul(nn.Module):
     """[T, 2I] = [gate | up] -> silu(gate) * up [T, I]."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return silu_and_mul(x)
+        return silu_and_mul(x) if use_triton(x) else reference.silu_and_mul(x)

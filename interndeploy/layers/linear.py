@@ -26,7 +26,6 @@ from torch import nn
 from interndeploy.distributed import tp_all_reduce
 from interndeploy.kernels import gemv as gemv_kernel
 from interndeploy.kernels._triton import use_triton
-from interndeploy.layers.activation import silu_and_mul
 from interndeploy.layers.weight_loader import set_weight_attrs, tp_rank_and_size
 
 
@@ -49,17 +48,6 @@ class LinearMethod:
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return dense_linear(x, layer.weight, bias)
-
-    def fuses_gated(self, layer: nn.Module, x: torch.Tensor) -> bool:
-        """True when `apply_gated` takes x [T, 2K] = [gate | up] in one kernel (a batch-1 row on a GPU)."""
-        return type(self) is LinearMethod and use_triton(x) and gemv_kernel.supports(x, layer.weight, gated=True)
-
-    def apply_gated(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """`apply` on silu(gate) * up of x [T, 2K] = [gate | up]."""
-        if self.fuses_gated(layer, x):
-            y = gemv_kernel.gemv(x, layer.weight, gated=True)
-            return y if bias is None else y + bias
-        return self.apply(layer, silu_and_mul(x), bias)
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -170,14 +158,6 @@ class RowLinear(LinearBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.quant_method.apply(self, x, self.bias if self.tp_rank == 0 else None)
-        return tp_all_reduce(y) if self.tp_size > 1 else y
-
-    def forward_gated(self, x: torch.Tensor) -> torch.Tensor:
-        """forward(silu(gate) * up) of x [T, 2 * input_size] = [gate | up] (the MLP's down projection), in one
-        kernel where the method fuses it; otherwise SwiGLU, then this module called as usual (hooks run)."""
-        if not self.quant_method.fuses_gated(self, x):
-            return self(silu_and_mul(x))
-        y = self.quant_method.apply_gated(self, x, self.bias if self.tp_rank == 0 else None)
         return tp_all_reduce(y) if self.tp_size > 1 else y
 
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from interndeploy.layers.activation import SiluAndMul
 from interndeploy.layers.attention import Attention
 from interndeploy.layers.embedding import LMHead, VocabEmbedding
 from interndeploy.layers.layernorm import RMSNorm
@@ -98,10 +99,10 @@ class LlamaMLP(nn.Module):
         size = spec.intermediate_size
         self.gate_up_proj = MergedColumnLinear(spec.hidden_size, [size, size], bias=spec.mlp_bias)
         self.down_proj = RowLinear(size, spec.hidden_size, bias=spec.mlp_bias)
+        self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # SwiGLU applied by the down projection: fused into its kernel where it has one (batch-1 GEMV)
-        return self.down_proj.forward_gated(self.gate_up_proj(x))
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):

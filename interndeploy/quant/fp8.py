@@ -156,21 +156,6 @@ class Fp8LinearMethod(LinearMethod):
         return fp8_block_linear(x, layer.weight, layer.weight_scale_inv, self.block, bias)
 
 
-    def fuses_gated(self, layer: nn.Module, x: torch.Tensor) -> bool:
-        from interndeploy.kernels import gemv
-
-        return (layer.weight.dtype == FP8_DTYPE and use_triton(x)
-                and gemv.supports_fp8_block(x, layer.weight, self.block, gated=True))  # fmt: skip
-
-    def apply_gated(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if not self.fuses_gated(layer, x):
-            return super().apply_gated(layer, x, bias)
-        from interndeploy.kernels import gemv
-
-        y = gemv.gemv_fp8_block(x, layer.weight, layer.weight_scale_inv, self.block, gated=True)  # SwiGLU fused in
-        return y if bias is None else y + bias
-
-
 class Fp8MoEMethod(MoEMethod):
     def __init__(self, config: Fp8Config) -> None:
         self.block = config.block

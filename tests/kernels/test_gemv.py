@@ -1,4 +1,4 @@
-"""Triton batch-1 GEMV on 16-bit and FP8 weights against its twin, F.linear in fp32; SwiGLU fused in."""
+"""Triton batch-1 GEMV on 16-bit weights against its twin, F.linear in fp32."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from interndeploy.kernels import reference
 from interndeploy.kernels.gemv import GemvConfig, gemv, gemv_fp8_block, supports, supports_fp8_block
 from interndeploy.kernels.reference_fp8 import block_dequant
-from interndeploy.kernels.silu_and_mul import silu_and_mul
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -53,29 +51,3 @@ def test_fp8_block_gemv_matches_dequantized_linear(k: int, n: int, dtype: torch.
     ref = x.float() @ block_dequant(w, scale, block).T
     assert out.dtype == dtype and out.shape == (1, n)
     assert float((out.float() - ref).norm() / ref.norm()) < 5e-3
-
-
-@pytest.mark.parametrize(("k", "n"), [(14336, 4096), (1000, 200)])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("fp8", [False, True])
-def test_gated_gemv_equals_swiglu_then_gemv(k: int, n: int, dtype: torch.dtype, fp8: bool) -> None:
-    """[gate | up] fused into the GEMV: the same bits as the SwiGLU kernel followed by the plain GEMV."""
-    if fp8 and torch.cuda.get_device_capability() < (8, 9):
-        pytest.skip("FP8 needs compute capability 8.9+")
-    g = torch.Generator(device="cuda").manual_seed(k)
-    x = torch.randn(1, 2 * k, device="cuda", dtype=dtype, generator=g) * 3
-    block = (128, 128)
-    if fp8:
-        w = (torch.randn(n, k, device="cuda", generator=g) * 0.5).to(torch.float8_e4m3fn)
-        scale = torch.rand(-(-n // 128), -(-k // 128), device="cuda", generator=g) * 0.01 + 1e-3
-        assert supports_fp8_block(x, w, block, gated=True) and not supports_fp8_block(x, w, block)
-        fused = gemv_fp8_block(x, w, scale, block, gated=True)
-        plain = gemv_fp8_block(silu_and_mul(x), w, scale, block)
-        ref = reference.silu_and_mul(x).float() @ block_dequant(w, scale, block).T
-    else:
-        w = torch.randn(n, k, device="cuda", dtype=dtype, generator=g) * k**-0.5
-        assert supports(x, w, gated=True) and not supports(x, w)
-        fused, plain = gemv(x, w, gated=True), gemv(silu_and_mul(x), w)
-        ref = F.linear(reference.silu_and_mul(x).float(), w.float())
-    assert torch.equal(fused, plain)
-    assert float((fused.float() - ref).norm() / ref.norm()) < 5e-3
