@@ -38,9 +38,10 @@ logger = logging.getLogger("interndeploy")
 __all__ = ["ModelRunner", "ModelRunnerOutput", "TokenLogprobs", "pick_device", "pick_dtype"]
 
 
-def _single_rank(cfg: EngineConfig) -> bool:
-    """Piecewise graphs are kept to one-rank engines: collectives and expert all-to-all stay eager."""
-    return cfg.tp == 1 and cfg.dp == 1 and cfg.ep == 1
+def _piecewise_ok(cfg: EngineConfig) -> bool:
+    """Piecewise graphs need every collective of a step to be capturable: tensor parallelism's all-reduces
+    are; expert parallelism's all-to-all (token counts known on the host) and DP engines' lockstep are not."""
+    return cfg.dp == 1 and cfg.ep == 1
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -115,7 +116,7 @@ class ModelRunner:
             logger.info("decode CUDA graphs captured in %.1f s", time.perf_counter() - t0)
         # steps that are not decode-only run padded to token buckets, in graphs or (eager mode) not
         self.step_buckets: list[int] = []
-        if self.device.type == "cuda" and cfg.prefill_graph_max_tokens > 0 and _single_rank(cfg):
+        if self.device.type == "cuda" and cfg.prefill_graph_max_tokens > 0 and _piecewise_ok(cfg):
             self.step_buckets = token_buckets(cfg.prefill_graph_max_tokens)
         self.piecewise: PiecewiseCudaGraphs | None = None
         if self.graphs is not None and self.step_buckets:

@@ -15,7 +15,8 @@ all buckets share (captured largest first), so no activation outlives its bucket
 
 A step of n tokens replays the smallest bucket >= n. Rows n.. are padding: input id 0, position 0, slot -1
 (the KV store skips it); every kernel of a piece computes each row on its own, so padding never reaches a
-real row, and attention sees the n real rows only. A GEMM's kernel (cuBLAS's choice, or the batch-1 GEMV)
+real row, and attention sees the n real rows only. With tensor parallelism every rank captures and replays
+the same buckets in the same order, so the all-reduces inside the pieces pair up. A GEMM's kernel (cuBLAS's choice, or the batch-1 GEMV)
 depends on its row count, and with it the rounding: so eager steps of the same kind are padded to the same
 buckets (`pad_step`), and CUDA graphs never change what a step computes.
 """
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import tp_rank_and_size
 from .forward_context import AttentionMetadata, forward_context
 
 logger = logging.getLogger("interndeploy")
@@ -81,7 +83,7 @@ class _CaptureSession:
     def begin(self) -> None:
         if self.capture:
             graph = torch.cuda.CUDAGraph()
-            graph.capture_begin(pool=self.owner.pool)
+            graph.capture_begin(pool=self.owner.pool, capture_error_mode=self.owner.capture_mode)
             self.result.graphs.append(graph)
 
     def end(self) -> None:
@@ -130,6 +132,8 @@ class PiecewiseCudaGraphs:
             self.slot_mapping = torch.full((n,), -1, dtype=torch.int64)
             self.token_seq_lens = torch.ones(n, dtype=torch.int64)
         self.pool = torch.cuda.graph_pool_handle()
+        # thread_local: NCCL's watchdog thread may query its events while a tp rank captures
+        self.capture_mode = "thread_local" if tp_rank_and_size()[1] > 1 else "global"
         self._qo: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (Hq, D, dtype) -> (q, attention out)
         self.hidden: torch.Tensor | None = None  # [max_tokens, H]: the last piece's output
         self.pieces: dict[int, _Piecewise] = {}
