@@ -15,10 +15,12 @@ all buckets share (captured largest first), so no activation outlives its bucket
 
 A step of n tokens replays the smallest bucket >= n. Rows n.. are padding: input id 0, position 0, slot -1
 (the KV store skips it); every kernel of a piece computes each row on its own, so padding never reaches a
-real row, and attention sees the n real rows only. With tensor parallelism every rank captures and replays
-the same buckets in the same order, so the all-reduces inside the pieces pair up. A GEMM's kernel (cuBLAS's choice, or the batch-1 GEMV)
+real row, and attention sees the n real rows only. A GEMM's kernel (cuBLAS's choice, or the batch-1 GEMV)
 depends on its row count, and with it the rounding: so eager steps of the same kind are padded to the same
 buckets (`pad_step`), and CUDA graphs never change what a step computes.
+
+With tensor parallelism every rank captures and replays the same buckets in the same order, so the
+all-reduces inside the pieces pair up.
 """
 
 from __future__ import annotations
