@@ -7,6 +7,17 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture
+def cuda() -> str:
+    """The CUDA device for tests of the Triton path; skips without Triton or a GPU."""
+    pytest.importorskip("triton")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    return "cuda"
+
+
 @pytest.fixture(scope="session")
 def internlm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from interndeploy.testing.tiny_models import build_internlm2_dir

@@ -29,6 +29,14 @@ logger = logging.getLogger("interndeploy")
 _BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512)
 
 
+def token_input_buffers(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Static per-token inputs of a captured step, [n] each, all padding: input ids 0, positions 0, cache slots
+    -1 (not stored), sequence lengths 1."""
+    with torch.device(device):
+        return (torch.zeros(n, dtype=torch.int64), torch.zeros(n, dtype=torch.int64),
+                torch.full((n,), -1, dtype=torch.int64), torch.ones(n, dtype=torch.int64))
+
+
 class DecodeCudaGraphs:
     def __init__(self, model: nn.Module, max_batch_size: int, max_blocks_per_seq: int, block_size: int,
                  device: torch.device) -> None:
@@ -40,12 +48,9 @@ class DecodeCudaGraphs:
         self.max_blocks = max_blocks_per_seq
         self.block_size = block_size
         n = self.max_bs
+        self.input_ids, self.positions, self.slot_mapping, self.token_seq_lens = token_input_buffers(n, device)
         with torch.device(device):
-            self.input_ids = torch.zeros(n, dtype=torch.int64)
-            self.positions = torch.zeros(n, dtype=torch.int64)
-            self.slot_mapping = torch.full((n,), -1, dtype=torch.int64)
             self.seq_lens = torch.zeros(n, dtype=torch.int32)
-            self.token_seq_lens = torch.ones(n, dtype=torch.int64)
             self.query_start_loc = torch.arange(n + 1, dtype=torch.int32)
             self.block_tables = torch.zeros(n, max_blocks_per_seq, dtype=torch.int32)
         self.capture_mode = "thread_local" if tp_rank_and_size()[1] > 1 else "global"

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import tp_rank_and_size
+from .cuda_graph import token_input_buffers
 from .forward_context import AttentionMetadata, forward_context
 
 logger = logging.getLogger("interndeploy")
@@ -127,12 +128,9 @@ class PiecewiseCudaGraphs:
         self.device = device
         self.buckets = token_buckets(max_tokens)
         self.max_tokens = self.buckets[-1]
-        n = self.max_tokens
-        with torch.device(device):
-            self.input_ids = torch.zeros(n, dtype=torch.int64)
-            self.positions = torch.zeros(n, dtype=torch.int64)
-            self.slot_mapping = torch.full((n,), -1, dtype=torch.int64)
-            self.token_seq_lens = torch.ones(n, dtype=torch.int64)
+        self.input_ids, self.positions, self.slot_mapping, self.token_seq_lens = token_input_buffers(
+            self.max_tokens, device
+        )
         self.pool = torch.cuda.graph_pool_handle()
         # thread_local: NCCL's watchdog thread may query its events while a tp rank captures
         self.capture_mode = "thread_local" if tp_rank_and_size()[1] > 1 else "global"

@@ -25,14 +25,6 @@ def device(request: pytest.FixtureRequest) -> str:
     return "cpu"
 
 
-@pytest.fixture
-def cuda() -> str:
-    pytest.importorskip("triton")
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    return "cuda"
-
-
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in fp64."""
     out, ref = out.double(), ref.double()

@@ -27,14 +27,6 @@ MOE = {**SHAPE, "moe_intermediate_size": 128, "num_experts": 16, "num_experts_pe
 LENS = [7, 1, 33, 20]
 
 
-@pytest.fixture
-def cuda() -> str:
-    pytest.importorskip("triton")
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    return "cuda"
-
-
 def _needs_fp8(device: str) -> None:
     if torch.cuda.get_device_capability(device) < (8, 9):
         pytest.skip("FP8 tensor cores need compute capability 8.9+")

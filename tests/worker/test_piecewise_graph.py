@@ -31,14 +31,6 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture
-def cuda() -> str:
-    pytest.importorskip("triton")
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    return "cuda"
-
-
 def _generate(model_dir: Path, dtype: str, eager: bool) -> tuple[list[list[int]], int]:
     cfg = EngineConfig(device="cuda", dtype=dtype, eager_mode=eager, cache_max_entry_count=256, block_size=16,
                        max_prefill_token_num=48, enable_prefix_caching=True, prefill_graph_max_tokens=96,
