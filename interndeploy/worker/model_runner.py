@@ -121,9 +121,16 @@ class ModelRunner:
         self.piecewise: PiecewiseCudaGraphs | None = None
         if self.graphs is not None and self.step_buckets:
             t0 = time.perf_counter()
-            self.piecewise = PiecewiseCudaGraphs(self.model, cfg.prefill_graph_max_tokens, self.device)
-            self.piecewise.capture()
-            logger.info("piecewise CUDA graphs captured in %.1f s", time.perf_counter() - t0)
+            try:
+                self.piecewise = PiecewiseCudaGraphs(self.model, cfg.prefill_graph_max_tokens, self.device)
+                self.piecewise.capture()
+                logger.info("piecewise CUDA graphs captured in %.1f s", time.perf_counter() - t0)
+            except RuntimeError as e:  # a layer that syncs with the host cannot be captured: prefill stays eager
+                if cfg.tp > 1:
+                    raise  # every rank must make the same choice; a failure is theirs all the same
+                logger.warning("prefill steps stay eager: capturing them failed (%s)", str(e).splitlines()[0][:200])
+                self.piecewise, self.step_buckets = None, []
+                torch.cuda.synchronize(self.device)
 
     def receive_sampled(self, num_rows: int) -> None:
         """A tensor-parallel worker's half of rank 0's token broadcast after a step that sampled `num_rows`."""

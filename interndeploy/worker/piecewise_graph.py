@@ -81,6 +81,7 @@ class _CaptureSession:
         self.owner = owner
         self.tokens = tokens
         self.capture = capture
+        self.open = False  # a graph's capture has begun and not ended
         self.result = _Piecewise()
 
     def begin(self) -> None:
@@ -88,10 +89,21 @@ class _CaptureSession:
             graph = torch.cuda.CUDAGraph()
             graph.capture_begin(pool=self.owner.pool, capture_error_mode=self.owner.capture_mode)
             self.result.graphs.append(graph)
+            self.open = True
 
     def end(self) -> None:
         if self.capture:
+            self.open = False
             self.result.graphs[-1].capture_end()
+
+    def abandon(self) -> None:
+        """After a failure inside the forward: end the open capture, so the stream leaves capture mode."""
+        if self.capture and self.open:
+            self.open = False
+            try:
+                self.result.graphs[-1].capture_end()
+            except Exception:  # noqa: BLE001 - the capture is invalid anyway; only the stream state matters
+                pass
 
     def split(self, layer: nn.Module, q: torch.Tensor) -> torch.Tensor:
         """At an attention layer: q [Tb, Hq, D] goes to the static buffer, the piece ends, the next begins;
@@ -161,10 +173,15 @@ class PiecewiseCudaGraphs:
         session = _CaptureSession(self, n, capture)
         with _session(session), forward_context(self._meta(n)):
             session.begin()
-            hidden = self.model(self.input_ids[:n], self.positions[:n])
-            if self.hidden is None:
-                self.hidden = torch.zeros(self.max_tokens, hidden.shape[-1], dtype=hidden.dtype, device=self.device)
-            self.hidden[:n].copy_(hidden)
+            try:
+                hidden = self.model(self.input_ids[:n], self.positions[:n])
+                if self.hidden is None:
+                    self.hidden = torch.zeros(self.max_tokens, hidden.shape[-1], dtype=hidden.dtype,
+                                              device=self.device)
+                self.hidden[:n].copy_(hidden)
+            except BaseException:
+                session.abandon()
+                raise
             session.end()
         return session.result
 

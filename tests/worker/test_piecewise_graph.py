@@ -19,7 +19,7 @@ from interndeploy.config import ConfigError
 from interndeploy.testing.attention import PagedBatch
 from interndeploy.testing.tiny_models import build_internlm2_dir
 from interndeploy.worker.forward_context import forward_context
-from interndeploy.worker.piecewise_graph import bucket_for, pad_step, token_buckets
+from interndeploy.worker.piecewise_graph import bucket_for, capture_session, pad_step, token_buckets
 
 PROMPTS = [
     "Hello there, how are you today?",
@@ -96,3 +96,23 @@ def test_buckets_and_padding() -> None:
     assert pmeta.query_start_loc is meta.query_start_loc  # attention still sees the real rows only
     with pytest.raises(ConfigError, match="prefill_graph_max_tokens"):
         EngineConfig(prefill_graph_max_tokens=-1)
+
+
+@pytest.mark.gpu
+def test_uncapturable_model_falls_back_to_eager(cuda: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer that reads a device value on the host cannot be captured: the engine starts with eager prefill
+    steps (a warning) and answers as eager mode does."""
+    from interndeploy.models import llama
+
+    d = build_internlm2_dir(tmp_path / "m")
+    eager, _ = _generate(d, "float32", eager=True)
+    forward = llama.LlamaMLP.forward
+
+    def syncing_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if capture_session() is not None:
+            float(x.sum())  # a host sync: not allowed while a stream captures
+        return forward(self, x)
+
+    monkeypatch.setattr(llama.LlamaMLP, "forward", syncing_forward)
+    graphs, replays = _generate(d, "float32", eager=False)
+    assert replays == 0 and graphs == eager
